@@ -1,0 +1,241 @@
+"""Typed wrappers over the Rust kernels: scores, masks, mask application.
+
+Weights and scores are 2-D, PyTorch orientation ``(out, in)``, as numpy arrays
+(``float32``, ``float16``, or ``ml_dtypes.bfloat16``) or CPU torch tensors
+(``float32``, ``float16``, ``bfloat16``). Nothing is copied on the way in when
+the input is C-contiguous: half-precision data crosses as a ``uint16`` view of
+its bits (numpy has no native bfloat16), and all arithmetic happens in float32
+inside Rust with the GIL released. A non-contiguous input is copied once
+(read-only arguments) or refused (:func:`apply_mask`, which writes in place).
+
+Statistics (``in_sq``, ``out_sq``) are 1-D means of squared activations as
+gathered by calibration (methods.md §2); they are converted to float32.
+
+NaN or Inf in a weight, score or statistic raises :class:`InvalidInputError`
+naming the row and column: such values cannot be ranked, and silently
+treating them as prunable would hide a broken checkpoint.
+
+Masks are boolean arrays of the weight's shape; ``True`` marks a weight to
+prune. Ties are broken by the lower column index (row-major index for
+``per-matrix``), so every run and every implementation agree.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from symprune import _core
+from symprune.errors import InvalidInputError
+
+Matrix = Any  # numpy.ndarray or torch.Tensor, 2-D
+Vector = Any  # numpy.ndarray, torch.Tensor or sequence of floats, 1-D
+
+SCORES = ("magnitude", "wanda", "ria", "lp-ria", "stochria", "symmetric", "symwanda", "owanda")
+GROUPS = ("per-row", "per-matrix", "adaptive")
+
+
+def _is_torch(x: object) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def as_matrix(x: Matrix, arg: str, *, writable: bool = False) -> tuple[np.ndarray, str]:
+    """A C-contiguous numpy view of ``x`` and its dtype name (F32, F16, BF16)."""
+    if _is_torch(x):
+        import torch
+
+        if x.device.type != "cpu":
+            raise InvalidInputError(f"{arg}: tensor is on {x.device}; move it to the CPU first")
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise InvalidInputError(
+                f"{arg}: dtype {x.dtype} is not float32/float16/bfloat16; cast it first"
+            )
+        name = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}[x.dtype]
+        t = x.detach()
+        arr = t.numpy() if name == "F32" else t.view(torch.int16).numpy().view(np.uint16)
+    elif isinstance(x, np.ndarray):
+        arr = x
+        if arr.dtype == np.float32:
+            name = "F32"
+        elif arr.dtype == np.float16:
+            name, arr = "F16", arr.view(np.uint16)
+        elif arr.dtype.name == "bfloat16":
+            name, arr = "BF16", arr.view(np.uint16)
+        else:
+            raise InvalidInputError(
+                f"{arg}: dtype {arr.dtype} is not float32/float16/bfloat16; cast it first"
+            )
+    else:
+        raise InvalidInputError(f"{arg}: expected a numpy array or torch tensor, got {type(x)}")
+    if arr.ndim != 2:
+        raise InvalidInputError(f"{arg}: expected a 2-D (out, in) matrix, got shape {arr.shape}")
+    if not arr.flags.c_contiguous:
+        if writable:
+            raise InvalidInputError(
+                f"{arg}: array is not C-contiguous, so it cannot be changed in place; "
+                "pass a contiguous array (e.g. np.ascontiguousarray / tensor.contiguous())"
+            )
+        arr = np.ascontiguousarray(arr)
+    if writable and not arr.flags.writeable:
+        raise InvalidInputError(f"{arg}: array is read-only; pass a writable copy")
+    return arr, name
+
+
+def as_vector(x: Vector | None, arg: str) -> npt.NDArray[np.float32] | None:
+    """A float32 1-D copy-if-needed of a statistic (or None)."""
+    if x is None:
+        return None
+    if _is_torch(x):
+        x = x.detach().float().cpu().numpy()
+    v = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if v.ndim != 1:
+        raise InvalidInputError(f"{arg}: expected a 1-D statistic, got shape {v.shape}")
+    return v
+
+
+def score(
+    weight: Matrix,
+    method: str,
+    *,
+    in_sq: Vector | None = None,
+    out_sq: Vector | None = None,
+    a: float = 0.5,
+    p: float = 1.0,
+    beta: float = 0.1,
+    seed: int = 0,
+    activation: bool = True,
+    lam: float = 1.0,
+    tensor: str = "",
+) -> npt.NDArray[np.float32]:
+    """Scores of ``weight`` under ``method`` (one of :data:`SCORES`); smaller is more prunable.
+
+    ``a`` is RIA's activation exponent (ria, lp-ria, stochria), ``p`` the ℓp norm of
+    lp-ria, ``beta`` the subset fraction of stochria (seeded by ``seed`` and the tensor
+    name ``tensor``; ``activation=False`` drops its activation factor), ``lam`` the
+    output-side weight of symwanda.
+    """
+    if method not in SCORES:
+        raise InvalidInputError(f"method {method!r} is not one of {', '.join(SCORES)}")
+    arr, dtype = as_matrix(weight, "weight")
+    return _core.score(
+        arr,
+        dtype,
+        method,
+        as_vector(in_sq, "in_sq"),
+        as_vector(out_sq, "out_sq"),
+        a=a,
+        p=p,
+        beta=beta,
+        seed=seed,
+        activation=activation,
+        lam=lam,
+        tensor=tensor,
+    )
+
+
+def magnitude(weight: Matrix) -> npt.NDArray[np.float32]:
+    """``|W|``."""
+    return score(weight, "magnitude")
+
+
+def wanda(weight: Matrix, in_sq: Vector) -> npt.NDArray[np.float32]:
+    """``|W_ij| · sqrt(in_sq_j)`` (Wanda)."""
+    return score(weight, "wanda", in_sq=in_sq)
+
+
+def ria(weight: Matrix, in_sq: Vector | None, a: float = 0.5) -> npt.NDArray[np.float32]:
+    """RIA: ``(|W|/colsum + |W|/rowsum) · norm_j^a`` (``a = 0`` needs no statistics)."""
+    return score(weight, "ria", in_sq=in_sq, a=a)
+
+
+def lp_ria(
+    weight: Matrix, in_sq: Vector | None, p: float = 2.0, a: float = 0.5
+) -> npt.NDArray[np.float32]:
+    """RIA with ℓp norms of the column and the row; ``p = 1`` is :func:`ria`."""
+    return score(weight, "lp-ria", in_sq=in_sq, p=p, a=a)
+
+
+def stochria(
+    weight: Matrix,
+    in_sq: Vector | None,
+    beta: float = 0.1,
+    seed: int = 0,
+    tensor: str = "",
+    a: float = 0.5,
+) -> npt.NDArray[np.float32]:
+    """stochRIA: RIA over random row/column subsets; ``in_sq=None`` drops the activation factor."""
+    return score(
+        weight,
+        "stochria",
+        in_sq=in_sq,
+        beta=beta,
+        seed=seed,
+        tensor=tensor,
+        a=a,
+        activation=in_sq is not None,
+    )
+
+
+def symmetric(weight: Matrix) -> npt.NDArray[np.float32]:
+    """``|W_ij| · (‖W_:,j‖₂ + ‖W_i,:‖₂)`` (data-free symmetric)."""
+    return score(weight, "symmetric")
+
+
+def symwanda(
+    weight: Matrix, in_sq: Vector, out_sq: Vector, lam: float = 1.0
+) -> npt.NDArray[np.float32]:
+    """``|W_ij| · (n_j/mean(n) + λ·o_i/mean(o))`` with ``n = sqrt(in_sq)``, ``o = sqrt(out_sq)``."""
+    return score(weight, "symwanda", in_sq=in_sq, out_sq=out_sq, lam=lam)
+
+
+def owanda(weight: Matrix, out_sq: Vector) -> npt.NDArray[np.float32]:
+    """``|W_ij| · sqrt(out_sq_i)``: output side only."""
+    return score(weight, "owanda", out_sq=out_sq)
+
+
+def parse_nm(pattern: str) -> tuple[int, int]:
+    """``"2:4"`` -> ``(2, 4)``."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pattern)
+    if not match:
+        raise InvalidInputError(f"pattern {pattern!r} is not N:M (e.g. '2:4')")
+    return int(match[1]), int(match[2])
+
+
+def mask(
+    scores: Matrix,
+    sparsity: float | None = None,
+    *,
+    group: str = "per-row",
+    pattern: str | None = None,
+    tensor: str = "",
+) -> npt.NDArray[np.bool_]:
+    """The prune mask of ``scores`` (``True`` = prune).
+
+    Unstructured: ``sparsity`` in [0, 1) with ``group`` ``per-row`` (exactly
+    ``floor(in·s)`` per row), ``per-matrix`` (exactly ``floor(out·in·s)``) or
+    ``adaptive`` (Wanda's variant). Semi-structured: ``pattern="N:M"`` prunes N
+    of every M consecutive input columns in every row (``sparsity`` is then unused).
+    """
+    arr, dtype = as_matrix(scores, "scores")
+    if pattern is not None:
+        n, m = parse_nm(pattern)
+        return _core.mask_of(arr, dtype, "n:m", n=n, m=m, tensor=tensor)
+    if sparsity is None:
+        raise InvalidInputError("sparsity: required for unstructured masks (e.g. 0.5)")
+    if group not in GROUPS:
+        raise InvalidInputError(f"group {group!r} is not one of {', '.join(GROUPS)}")
+    return _core.mask_of(arr, dtype, group, sparsity=float(sparsity), tensor=tensor)
+
+
+def apply_mask(weight: Matrix, prune: npt.NDArray[np.bool_]) -> int:
+    """Zeroes, in place, the weights ``prune`` marks; returns how many it marked."""
+    arr, dtype = as_matrix(weight, "weight", writable=True)
+    m = np.asarray(prune.numpy() if _is_torch(prune) else prune)
+    if m.dtype != np.bool_ or m.shape != arr.shape:
+        raise InvalidInputError(
+            f"mask: expected a bool array of shape {arr.shape}, got {m.dtype} {m.shape}"
+        )
+    return _core.apply_mask(arr, dtype, np.ascontiguousarray(m))

@@ -1,0 +1,150 @@
+//! Element types and a borrowed row-major matrix view.
+
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Storage dtypes symprune computes on. All arithmetic happens in `f32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Dtype {
+    /// The safetensors spelling of the dtype.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+        }
+    }
+}
+
+/// A floating-point storage element that converts exactly to `f32`.
+pub trait Element: Copy + Send + Sync + PartialEq + 'static {
+    const DTYPE: Dtype;
+    const ZERO: Self;
+    fn to_f32(self) -> f32;
+}
+
+impl Element for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    const ZERO: Self = 0.0;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Element for f16 {
+    const DTYPE: Dtype = Dtype::F16;
+    const ZERO: Self = f16::ZERO;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl Element for bf16 {
+    const DTYPE: Dtype = Dtype::BF16;
+    const ZERO: Self = bf16::ZERO;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// A borrowed, row-major `(rows, cols)` matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a, T: Element> MatRef<'a, T> {
+    /// Wraps `data` as a `(rows, cols)` matrix; `arg` names it in errors.
+    pub fn new(data: &'a [T], rows: usize, cols: usize, arg: &str) -> Result<Self> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(Error::ShapeMismatch {
+                arg: arg.into(),
+                expected: format!("{rows}x{cols} = {} elements", rows.saturating_mul(cols)),
+                got: format!("{} elements", data.len()),
+            });
+        }
+        Ok(Self { data, rows, cols })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn data(&self) -> &'a [T] {
+        self.data
+    }
+
+    pub fn row(&self, i: usize) -> &'a [T] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// Fails with [`Error::NonFinite`] at the first NaN/Inf (in row-major order).
+    pub fn ensure_finite(&self, arg: &str) -> Result<()> {
+        let cols = self.cols.max(1);
+        let bad = self
+            .data
+            .par_iter()
+            .position_first(|v| !v.to_f32().is_finite());
+        match bad {
+            None => Ok(()),
+            Some(pos) => Err(Error::NonFinite {
+                arg: arg.into(),
+                row: pos / cols,
+                col: pos % cols,
+                value: self.data[pos].to_f32(),
+            }),
+        }
+    }
+}
+
+/// Checks a per-channel statistic: right length, finite, non-negative.
+pub fn check_stat(values: &[f32], len: usize, arg: &str) -> Result<()> {
+    if values.len() != len {
+        return Err(Error::ShapeMismatch {
+            arg: arg.into(),
+            expected: format!("{len} values"),
+            got: format!("{} values", values.len()),
+        });
+    }
+    if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            arg: arg.into(),
+            row: 0,
+            col: pos,
+            value: values[pos],
+        });
+    }
+    if let Some(pos) = values.iter().position(|v| *v < 0.0) {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "value {} at index {pos} is negative; it must be a mean of squares",
+                values[pos]
+            ),
+        ));
+    }
+    Ok(())
+}

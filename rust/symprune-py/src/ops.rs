@@ -1,0 +1,180 @@
+//! Scores, masks and mask application.
+
+use crate::errors::{raise, to_py};
+use half::slice::HalfBitsSliceExt;
+use half::{bf16, f16};
+use numpy::ndarray::Array2;
+use numpy::{
+    IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
+    PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+use symprune_core::{mask, score as scores, ActStats, MatRef, Pattern, Score};
+
+/// Runs `$body` with `$m` bound to a `MatRef` of the array's element type.
+macro_rules! with_matrix {
+    ($py:expr, $arr:expr, $dtype:expr, $arg:expr, |$m:ident| $body:expr) => {{
+        let py = $py;
+        match $dtype {
+            "F32" => {
+                let a: PyReadonlyArray2<f32> = $arr.extract()?;
+                let (rows, cols) = (a.shape()[0], a.shape()[1]);
+                let data = a.as_slice()?;
+                let $m = MatRef::new(data, rows, cols, $arg).map_err(|e| to_py(py, e))?;
+                py.detach(|| $body).map_err(|e| to_py(py, e))
+            }
+            "F16" | "BF16" => {
+                let a: PyReadonlyArray2<u16> = $arr.extract()?;
+                let (rows, cols) = (a.shape()[0], a.shape()[1]);
+                let bits = a.as_slice()?;
+                if $dtype == "F16" {
+                    let data: &[f16] = bits.reinterpret_cast();
+                    let $m = MatRef::new(data, rows, cols, $arg).map_err(|e| to_py(py, e))?;
+                    py.detach(|| $body).map_err(|e| to_py(py, e))
+                } else {
+                    let data: &[bf16] = bits.reinterpret_cast();
+                    let $m = MatRef::new(data, rows, cols, $arg).map_err(|e| to_py(py, e))?;
+                    py.detach(|| $body).map_err(|e| to_py(py, e))
+                }
+            }
+            other => Err(raise(
+                py,
+                "InvalidInputError",
+                format!("dtype {other:?} is not one of F32, F16, BF16"),
+            )),
+        }
+    }};
+}
+
+fn to_matrix<T: numpy::Element>(
+    py: Python<'_>,
+    data: Vec<T>,
+    rows: usize,
+    cols: usize,
+) -> Bound<'_, PyArray2<T>> {
+    Array2::from_shape_vec((rows, cols), data)
+        .expect("core returns rows*cols elements")
+        .into_pyarray(py)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pyfunction]
+#[pyo3(signature = (weight, dtype, method, in_sq=None, out_sq=None, *, a=0.5, p=1.0, beta=0.1, seed=0, activation=true, lam=1.0, tensor=""))]
+fn score<'py>(
+    py: Python<'py>,
+    weight: &Bound<'py, PyAny>,
+    dtype: &str,
+    method: &str,
+    in_sq: Option<PyReadonlyArray1<'py, f32>>,
+    out_sq: Option<PyReadonlyArray1<'py, f32>>,
+    a: f64,
+    p: f64,
+    beta: f64,
+    seed: u64,
+    activation: bool,
+    lam: f64,
+    tensor: &str,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let method = match method {
+        "magnitude" => Score::Magnitude,
+        "wanda" => Score::Wanda,
+        "ria" => Score::Ria { a },
+        "lp-ria" => Score::LpRia { p, a },
+        "stochria" => Score::StochRia { beta, seed, activation, a },
+        "symmetric" => Score::Symmetric,
+        "symwanda" => Score::SymWanda { lambda: lam },
+        "owanda" => Score::OWanda,
+        other => {
+            return Err(raise(
+                py,
+                "InvalidInputError",
+                format!("method {other:?} is not a score (magnitude, wanda, ria, lp-ria, stochria, symmetric, symwanda, owanda)"),
+            ))
+        }
+    };
+    let in_sq = in_sq.as_ref().map(|s| s.as_slice()).transpose()?;
+    let out_sq = out_sq.as_ref().map(|s| s.as_slice()).transpose()?;
+    let stats = ActStats { in_sq, out_sq };
+    let (mut rows, mut cols) = (0, 0);
+    let out = with_matrix!(py, weight, dtype, "weight", |m| {
+        rows = m.rows();
+        cols = m.cols();
+        scores::compute(m, stats, &method, tensor)
+    })?;
+    Ok(to_matrix(py, out, rows, cols))
+}
+
+#[pyfunction]
+#[pyo3(signature = (scores, dtype, group, sparsity=0.0, n=0, m=0, tensor=""))]
+#[allow(clippy::too_many_arguments)]
+fn mask_of<'py>(
+    py: Python<'py>,
+    scores: &Bound<'py, PyAny>,
+    dtype: &str,
+    group: &str,
+    sparsity: f64,
+    n: usize,
+    m: usize,
+    tensor: &str,
+) -> PyResult<Bound<'py, PyArray2<bool>>> {
+    let pattern = match group {
+        "per-row" => Pattern::PerRow { sparsity },
+        "per-matrix" => Pattern::PerMatrix { sparsity },
+        "adaptive" => Pattern::AdaptivePerRow { sparsity },
+        "n:m" => Pattern::NM { n, m },
+        other => {
+            return Err(raise(
+                py,
+                "InvalidInputError",
+                format!("group {other:?} is not one of per-row, per-matrix, adaptive, n:m"),
+            ))
+        }
+    };
+    let (mut rows, mut cols) = (0, 0);
+    let out = with_matrix!(py, scores, dtype, "scores", |s| {
+        rows = s.rows();
+        cols = s.cols();
+        mask::compute(s, pattern, tensor)
+    })?;
+    Ok(to_matrix(py, out, rows, cols))
+}
+
+#[pyfunction]
+fn apply_mask(
+    py: Python<'_>,
+    weight: &Bound<'_, PyAny>,
+    dtype: &str,
+    mask: PyReadonlyArray2<'_, bool>,
+) -> PyResult<usize> {
+    let mask = mask.as_slice()?;
+    match dtype {
+        "F32" => {
+            let mut w: PyReadwriteArray2<f32> = weight.extract()?;
+            let w = w.as_slice_mut()?;
+            py.detach(|| mask::apply(w, mask)).map_err(|e| to_py(py, e))
+        }
+        "F16" | "BF16" => {
+            let mut w: PyReadwriteArray2<u16> = weight.extract()?;
+            let bits = w.as_slice_mut()?;
+            if dtype == "F16" {
+                let w: &mut [f16] = bits.reinterpret_cast_mut();
+                py.detach(|| mask::apply(w, mask)).map_err(|e| to_py(py, e))
+            } else {
+                let w: &mut [bf16] = bits.reinterpret_cast_mut();
+                py.detach(|| mask::apply(w, mask)).map_err(|e| to_py(py, e))
+            }
+        }
+        other => Err(raise(
+            py,
+            "InvalidInputError",
+            format!("dtype {other:?} is not one of F32, F16, BF16"),
+        )),
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(score, m)?)?;
+    m.add_function(wrap_pyfunction!(mask_of, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_mask, m)?)?;
+    Ok(())
+}

@@ -136,8 +136,7 @@ fn n_of_m<T: Element>(s: MatRef<T>, n: usize, m: usize) -> Vec<bool> {
     mask.par_chunks_mut(cols)
         .enumerate()
         .for_each_init(Vec::new, |buf, (i, out)| {
-            for (g, (out_g, row_g)) in out.chunks_mut(m).zip(s.row(i).chunks(m)).enumerate() {
-                let _ = g;
+            for (out_g, row_g) in out.chunks_mut(m).zip(s.row(i).chunks(m)) {
                 packed_row(row_g, buf);
                 buf.select_nth_unstable(n - 1);
                 for p in &buf[..n] {
@@ -376,8 +375,7 @@ mod tests {
             prop_assume!(rows > 0);
             let data = &v[..rows * cols];
             let m = compute(MatRef::new(data, rows, cols, "s").unwrap(), Pattern::NM { n: 2, m: 4 }, "").unwrap();
-            for (g, (mg, dg)) in m.chunks(4).zip(data.chunks(4)).enumerate() {
-                let _ = g;
+            for (mg, dg) in m.chunks(4).zip(data.chunks(4)) {
                 prop_assert_eq!(mg.to_vec(), stable_reference(dg, 2));
             }
         }

@@ -95,8 +95,8 @@ pub fn compute<T: Element>(
         }
         Score::Ria { a } => {
             let act = activation_factor(in_norm(a != 0.0)?, a, cols, name)?;
-            let c = to_f32(col_reduce(w, |x| f64::from(x)));
-            let r = to_f32(row_reduce(w, |x| f64::from(x)));
+            let c = to_f32(col_reduce(w, f64::from));
+            let r = to_f32(row_reduce(w, f64::from));
             relative_importance(w, &c, &r, &act)
         }
         Score::LpRia { p, a } => {

@@ -4,6 +4,7 @@
 //! and mask application, over `f32`, `f16` and `bf16` weights. Everything is
 //! parallel over rows with rayon and free of Python.
 
+pub mod checkpoint;
 pub mod dtype;
 pub mod error;
 pub mod mask;

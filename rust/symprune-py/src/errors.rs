@@ -9,6 +9,7 @@ pub fn to_py(py: Python<'_>, err: Error) -> PyErr {
         Error::InvalidArgument { .. } | Error::ShapeMismatch { .. } | Error::NonFinite { .. } => {
             "InvalidInputError"
         }
+        Error::Checkpoint { .. } | Error::Io { .. } => "CheckpointError",
     };
     raise(py, class, err.to_string())
 }

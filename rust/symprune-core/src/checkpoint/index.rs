@@ -1,0 +1,162 @@
+//! `model.safetensors.index.json`: which shard holds which tensor.
+
+use super::reader::Shard;
+use super::{first_duplicate, JsonEntries};
+use crate::error::{Error, Result};
+use serde_json::{Map, Value};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+/// The index of a sharded checkpoint.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// A parsed, validated index.
+#[derive(Debug, Clone)]
+pub struct Index {
+    /// The whole JSON object (kept so that extra keys survive a rewrite).
+    pub json: Map<String, Value>,
+    /// `(tensor, shard file)` in file order.
+    pub weight_map: Vec<(String, String)>,
+}
+
+impl Index {
+    /// Reads an index; shard names must be plain file names.
+    pub fn read(path: &Path) -> Result<Index> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let bad = |msg: String| Error::checkpoint(path, msg);
+        let fix = "the index is corrupt; re-download it or regenerate it from the shards";
+        let json: Map<String, Value> = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("is not a valid JSON object ({e}); {fix}")))?;
+        // Parse weight_map a second time with duplicates kept (serde_json's
+        // map keeps only the last of two equal keys).
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            weight_map: Option<JsonEntries>,
+        }
+        let raw: Raw = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("weight_map is not a JSON object ({e}); {fix}")))?;
+        let entries = raw
+            .weight_map
+            .ok_or_else(|| bad(format!("has no weight_map; {fix}")))?
+            .0;
+        if let Some(name) = first_duplicate(entries.iter().map(|(k, _)| k.as_str())) {
+            return Err(Error::tensor(
+                path,
+                name,
+                format!("is listed twice in weight_map; {fix}"),
+            ));
+        }
+        let mut weight_map = Vec::with_capacity(entries.len());
+        for (tensor, shard) in entries {
+            let Value::String(shard) = shard else {
+                return Err(Error::tensor(
+                    path,
+                    &tensor,
+                    format!("weight_map value must be a shard file name; {fix}"),
+                ));
+            };
+            let plain = Path::new(&shard).file_name().map(|f| f.to_string_lossy());
+            if plain.as_deref() != Some(shard.as_str()) {
+                return Err(Error::tensor(
+                    path,
+                    &tensor,
+                    format!(
+                        "shard {shard:?} is not a plain file name inside the checkpoint \
+                         directory; {fix}"
+                    ),
+                ));
+            }
+            weight_map.push((tensor, shard));
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for (tensor, shard) in &weight_map {
+            if !dir.join(shard).is_file() {
+                return Err(Error::tensor(
+                    path,
+                    tensor,
+                    format!(
+                        "is mapped to shard {shard}, which does not exist in {}; the \
+                         download is incomplete, fetch the missing shard",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(Index { json, weight_map })
+    }
+
+    /// The distinct shard files, sorted.
+    pub fn shard_files(&self) -> Vec<&str> {
+        let set: BTreeSet<&str> = self.weight_map.iter().map(|(_, s)| s.as_str()).collect();
+        set.into_iter().collect()
+    }
+
+    /// Fails unless the index and the shard headers list the same tensors in
+    /// the same places.
+    pub fn check_against(&self, path: &Path, shards: &[Shard]) -> Result<()> {
+        let mapped: HashMap<&str, &str> = self
+            .weight_map
+            .iter()
+            .map(|(t, s)| (t.as_str(), s.as_str()))
+            .collect();
+        for shard in shards {
+            for t in &shard.header.tensors {
+                match mapped.get(t.name.as_str()) {
+                    Some(&s) if s == shard.file => {}
+                    Some(&s) => {
+                        return Err(Error::tensor(
+                            path,
+                            &t.name,
+                            format!(
+                                "is mapped to {s} but stored in {}; regenerate the index",
+                                shard.file
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(Error::tensor(
+                            path,
+                            &t.name,
+                            format!(
+                                "is stored in {} but missing from weight_map; regenerate the index",
+                                shard.file
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        for (tensor, shard) in &self.weight_map {
+            let holder = shards.iter().find(|s| &s.file == shard);
+            if holder.and_then(|s| s.get(tensor)).is_none() {
+                return Err(Error::tensor(
+                    path,
+                    tensor,
+                    format!(
+                        "is mapped to {shard}, which does not contain it; regenerate the index"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The index as written next to the output: the same JSON with
+    /// `metadata.total_size` set to `total_size` (the bytes of all tensors),
+    /// keys sorted, two-space indent, as Hugging Face writes it.
+    pub fn render(&self, total_size: u64) -> String {
+        let mut json = self.json.clone();
+        let meta = json
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !meta.is_object() {
+            *meta = Value::Object(Map::new());
+        }
+        meta.as_object_mut()
+            .expect("an object")
+            .insert("total_size".into(), total_size.into());
+        let mut text = serde_json::to_string_pretty(&Value::Object(json)).expect("JSON");
+        text.push('\n');
+        text
+    }
+}

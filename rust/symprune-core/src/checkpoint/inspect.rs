@@ -1,0 +1,205 @@
+//! Sparsity of a checkpoint straight from its memory maps: per tensor the
+//! fraction of exact zeros (`±0` for floats) and, for a given N:M, how many
+//! groups of M consecutive inputs break it. Parallel over tensors and rows.
+
+use super::reader::{Checkpoint, TensorInfo};
+use super::selection::Selection;
+use super::writer::ZeroCount;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use safetensors::Dtype;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// One tensor's zeros.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorSparsity {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub numel: u64,
+    /// Exact zeros; `None` for dtypes narrower than a byte.
+    pub zeros: Option<u64>,
+    /// Whether the selection (by default: decoder-block linear weights) picks it.
+    pub selected: bool,
+    /// Groups of M consecutive inputs with fewer than N zeros; `None` when
+    /// not checked (no N:M asked, not a 2-D float tensor, inputs not a multiple of M).
+    pub nm_violations: Option<u64>,
+}
+
+/// The sparsity of a whole checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub path: PathBuf,
+    /// The N:M pattern checked, as `"N:M"`.
+    pub pattern: Option<String>,
+    /// Every tensor, in file order.
+    pub tensors: Vec<TensorSparsity>,
+    /// Zeros over the selected tensors.
+    pub selected: ZeroCount,
+    /// Zeros over every tensor with whole-byte elements.
+    pub total: ZeroCount,
+    /// Whether every selected tensor satisfies the N:M pattern (`None`: none asked).
+    pub nm_ok: Option<bool>,
+}
+
+/// Bits that must all be zero for an element to count as zero: floats ignore
+/// their sign bit, everything else compares all bits.
+fn zero_mask(dtype: Dtype) -> Option<(usize, u64)> {
+    let bits = dtype.bitsize();
+    if bits % 8 != 0 {
+        return None;
+    }
+    let all = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
+    let sign_free = matches!(
+        dtype,
+        Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64 | Dtype::F8_E4M3 | Dtype::F8_E5M2
+    );
+    Some((bits / 8, if sign_free { all >> 1 } else { all }))
+}
+
+#[inline(always)]
+fn is_zero<const N: usize>(e: &[u8], mask: u64) -> bool {
+    let mut v = [0u8; 8];
+    v[..N].copy_from_slice(&e[..N]);
+    u64::from_le_bytes(v) & mask == 0
+}
+
+fn zeros_of<const N: usize>(bytes: &[u8], mask: u64) -> u64 {
+    bytes
+        .par_chunks(N << 16)
+        .map(|c| c.chunks_exact(N).filter(|e| is_zero::<N>(e, mask)).count() as u64)
+        .sum()
+}
+
+/// Exact zeros among the elements in `bytes` (whole elements of `dtype`);
+/// `None` for dtypes narrower than a byte.
+pub fn count_zeros(dtype: Dtype, bytes: &[u8]) -> Option<u64> {
+    let (size, mask) = zero_mask(dtype)?;
+    Some(match size {
+        1 => zeros_of::<1>(bytes, mask),
+        2 => zeros_of::<2>(bytes, mask),
+        4 => zeros_of::<4>(bytes, mask),
+        _ => zeros_of::<8>(bytes, mask),
+    })
+}
+
+/// Groups of `m` consecutive elements per row with fewer than `n` zeros.
+fn nm_violations<const N: usize>(data: &[u8], cols: usize, n: usize, m: usize, mask: u64) -> u64 {
+    data.par_chunks(cols * N)
+        .map(|row| {
+            row.chunks(m * N)
+                .filter(|g| g.chunks_exact(N).filter(|e| is_zero::<N>(e, mask)).count() < n)
+                .count() as u64
+        })
+        .sum()
+}
+
+fn inspect_tensor(
+    t: &TensorInfo,
+    data: &[u8],
+    nm: Option<(usize, usize)>,
+    selection: &Selection,
+) -> TensorSparsity {
+    let float2d = t.shape.len() == 2 && matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+    let nm_violations = match (nm, zero_mask(t.dtype)) {
+        (Some((n, m)), Some((size, mask))) if float2d && t.shape[1] % m == 0 && t.shape[1] > 0 => {
+            Some(match size {
+                2 => nm_violations::<2>(data, t.shape[1], n, m, mask),
+                _ => nm_violations::<4>(data, t.shape[1], n, m, mask),
+            })
+        }
+        _ => None,
+    };
+    TensorSparsity {
+        name: t.name.clone(),
+        dtype: t.dtype_name(),
+        shape: t.shape.clone(),
+        numel: t.numel() as u64,
+        zeros: count_zeros(t.dtype, data),
+        selected: selection.selects(t),
+        nm_violations,
+    }
+}
+
+/// Inspects the checkpoint in `dir`; `nm` = `(N, M)` also checks that pattern.
+pub fn inspect(
+    dir: &Path,
+    nm: Option<(usize, usize)>,
+    selection: &Selection,
+) -> Result<Inspection> {
+    if let Some((n, m)) = nm {
+        if n == 0 || n >= m {
+            return Err(Error::invalid(
+                "pattern",
+                format!("{n}:{m} is not N:M with 0 < N < M (e.g. 2:4)"),
+            ));
+        }
+    }
+    let checkpoint = Checkpoint::open(dir)?;
+    let all: Vec<_> = checkpoint.tensors().collect();
+    let tensors: Vec<TensorSparsity> = all
+        .par_iter()
+        .map(|(shard, t)| {
+            let out = inspect_tensor(t, shard.data(t), nm, selection);
+            shard.release(shard.offset(t), t.nbytes());
+            out
+        })
+        .collect();
+    let sum = |pick: &dyn Fn(&TensorSparsity) -> bool| {
+        tensors
+            .iter()
+            .filter(|t| pick(t))
+            .fold(ZeroCount::default(), |acc, t| ZeroCount {
+                zeros: acc.zeros + t.zeros.unwrap_or(0),
+                numel: acc.numel + t.numel,
+            })
+    };
+    let selected = sum(&|t| t.selected);
+    let total = sum(&|t| t.zeros.is_some());
+    let nm_ok = nm.map(|_| {
+        tensors
+            .iter()
+            .filter(|t| t.selected)
+            .all(|t| t.nm_violations == Some(0))
+    });
+    Ok(Inspection {
+        path: dir.to_path_buf(),
+        pattern: nm.map(|(n, m)| format!("{n}:{m}")),
+        tensors,
+        selected,
+        total,
+        nm_ok,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeros_ignore_the_sign_of_floats_only() {
+        let bf = [0x00u8, 0x80, 0x00, 0x00, 0x80, 0x3f]; // -0, +0, 1.0
+        assert_eq!(count_zeros(Dtype::BF16, &bf), Some(2));
+        let i16s = [0x00u8, 0x80, 0x00, 0x00];
+        assert_eq!(count_zeros(Dtype::I16, &i16s), Some(1));
+        let f32s = [0u8, 0, 0, 0x80, 1, 0, 0, 0];
+        assert_eq!(count_zeros(Dtype::F32, &f32s), Some(1));
+        assert_eq!(count_zeros(Dtype::F4, &[0u8; 4]), None);
+    }
+
+    #[test]
+    fn nm_violations_count_groups() {
+        // One row of 8 F32: first group has 2 zeros, second only 1.
+        let row: Vec<u8> = [0.0f32, 1.0, 0.0, 2.0, 3.0, 0.0, 4.0, 5.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let (_, mask) = zero_mask(Dtype::F32).unwrap();
+        assert_eq!(nm_violations::<4>(&row, 8, 2, 4, mask), 1);
+    }
+}

@@ -1,0 +1,660 @@
+//! Pruning a checkpoint shard by shard, one tensor at a time.
+//!
+//! Scores, masks and their application are the kernels of [`crate::score`]
+//! and [`crate::mask`]. When a score and a pattern only look inside a row
+//! (magnitude, wanda, owanda with per-row or N:M groups) a tensor is streamed
+//! in blocks of rows, so memory does not grow with the tensor; otherwise the
+//! whole tensor's scores and mask are held once, and written out in blocks.
+
+use super::manifest::{describe_pattern, describe_score};
+use super::reader::{Checkpoint, Shard, TensorInfo};
+use super::selection::Selection;
+use super::writer::{CheckpointWriter, WriterOptions, ZeroCount};
+use crate::dtype::{Element, MatRef};
+use crate::error::{Error, Result};
+use crate::mask::{self, Pattern};
+use crate::rng::fnv1a64;
+use crate::score::{self, ActStats, Score};
+use half::{bf16, f16};
+use safetensors::Dtype;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Elements per streamed block: 16 MiB of f32 scores.
+const BLOCK_ELEMS: usize = 1 << 22;
+
+/// What to prune and how.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub score: Score,
+    pub pattern: Pattern,
+    pub selection: Selection,
+    /// Activation statistics (a safetensors file): for weight `X.weight`, F32
+    /// vectors `X.in_sq` (one per input) and `X.out_sq` (one per output).
+    pub stats: Option<PathBuf>,
+    /// Replace a finished output or discard an interrupted run of other settings.
+    pub overwrite: bool,
+}
+
+/// One pruned tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    /// Fraction of exact zeros after pruning.
+    pub sparsity: f64,
+    pub zeros: u64,
+    pub numel: u64,
+    pub seconds: f64,
+    /// Taken over from an interrupted run instead of computed.
+    pub resumed: bool,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tensors: Vec<TensorReport>,
+    /// Zeros over the pruned tensors.
+    pub achieved: ZeroCount,
+    pub sparsity: f64,
+    pub bytes_written: u64,
+    pub resumed_shards: usize,
+    /// Input files not copied (other weight formats, folders).
+    pub skipped_files: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Progress events; the callback returns `false` to stop the run.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    Start { tensors: usize },
+    Tensor(&'a TensorReport),
+}
+
+/// Which statistics a score reads: (inputs, outputs).
+fn needs_stats(score: &Score) -> (bool, bool) {
+    match *score {
+        Score::Magnitude | Score::Symmetric => (false, false),
+        Score::Wanda => (true, false),
+        Score::Ria { a } | Score::LpRia { a, .. } => (a != 0.0, false),
+        Score::StochRia { activation, a, .. } => (activation && a != 0.0, false),
+        Score::SymWanda { .. } => (true, true),
+        Score::OWanda => (false, true),
+    }
+}
+
+/// Whether each row's mask depends on that row alone.
+fn row_local(plan: &Plan) -> bool {
+    matches!(plan.score, Score::Magnitude | Score::Wanda | Score::OWanda)
+        && matches!(plan.pattern, Pattern::PerRow { .. } | Pattern::NM { .. })
+}
+
+/// The statistics of one weight.
+struct Stats {
+    in_sq: Option<Vec<f32>>,
+    out_sq: Option<Vec<f32>>,
+}
+
+fn load_stats(file: Option<&Shard>, t: &TensorInfo, plan: &Plan, method: &str) -> Result<Stats> {
+    let (need_in, need_out) = needs_stats(&plan.score);
+    if !(need_in || need_out) {
+        return Ok(Stats {
+            in_sq: None,
+            out_sq: None,
+        });
+    }
+    let Some(file) = file else {
+        return Err(Error::invalid(
+            "stats",
+            format!(
+                "method {method} needs activation statistics, so calibration is needed; \
+                 pass --stats FILE (a safetensors file with X.in_sq / X.out_sq per weight X.weight)"
+            ),
+        ));
+    };
+    let prefix = t.name.strip_suffix(".weight").unwrap_or(&t.name);
+    let read = |suffix: &str, len: usize| -> Result<Vec<f32>> {
+        let key = format!("{prefix}.{suffix}");
+        let stat = file.get(&key).ok_or_else(|| {
+            Error::tensor(
+                &file.path,
+                &t.name,
+                format!(
+                    "the statistics file has no {key} ({suffix} of this weight, needed by \
+                     {method}); calibrate again or exclude the tensor with --ignore"
+                ),
+            )
+        })?;
+        if stat.dtype != Dtype::F32 || stat.shape != [len] {
+            return Err(Error::tensor(
+                &file.path,
+                &key,
+                format!(
+                    "is {} {:?}, expected F32 [{len}] for weight {} {:?}; the statistics belong \
+                     to another model",
+                    stat.dtype, stat.shape, t.name, t.shape
+                ),
+            ));
+        }
+        Ok(bytemuck::pod_collect_to_vec(file.data(stat)))
+    };
+    Ok(Stats {
+        in_sq: need_in.then(|| read("in_sq", t.shape[1])).transpose()?,
+        out_sq: need_out.then(|| read("out_sq", t.shape[0])).transpose()?,
+    })
+}
+
+/// Runs the kernels once on a tiny matrix, so that a bad parameter fails
+/// before the output directory is touched, with the kernels' own message.
+fn check_parameters(plan: &Plan) -> Result<()> {
+    let cols = match plan.pattern {
+        Pattern::NM { m, .. } => m.max(1),
+        _ => 4,
+    };
+    let ones = vec![1.0f32; cols];
+    let stats = ActStats {
+        in_sq: Some(&ones),
+        out_sq: Some(&ones[..1]),
+    };
+    let w = MatRef::new(&ones, 1, cols, "parameters")?;
+    let scores = score::compute(w, stats, &plan.score, "parameters")?;
+    mask::compute(
+        MatRef::new(&scores, 1, cols, "parameters")?,
+        plan.pattern,
+        "parameters",
+    )?;
+    Ok(())
+}
+
+/// Error positions inside a block of rows, as positions in the tensor.
+fn shift_rows(e: Error, first_row: usize) -> Error {
+    match e {
+        Error::NonFinite {
+            arg,
+            row,
+            col,
+            value,
+        } => Error::NonFinite {
+            arg,
+            row: row + first_row,
+            col,
+            value,
+        },
+        other => other,
+    }
+}
+
+/// Prunes one 2-D tensor of element type `T` and writes it.
+fn prune_matrix<T: Element + bytemuck::Pod>(
+    writer: &mut CheckpointWriter,
+    shard: &Shard,
+    t: &TensorInfo,
+    stats: &Stats,
+    plan: &Plan,
+) -> Result<()> {
+    let bytes = shard.data(t);
+    // Shards rarely align tensors for T; then a copy replaces the mapped view.
+    let data: Cow<[T]> = match bytemuck::try_cast_slice(bytes) {
+        Ok(view) => Cow::Borrowed(view),
+        Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),
+    };
+    let (rows, cols, name) = (t.shape[0], t.shape[1], t.name.as_str());
+    let size = std::mem::size_of::<T>();
+    let block = (BLOCK_ELEMS / cols.max(1)).max(1);
+    let release = |r0: usize, r1: usize| {
+        shard.release(shard.offset(t) + r0 * cols * size, (r1 - r0) * cols * size)
+    };
+    let mut buf: Vec<T> = Vec::new();
+    let mut write = |writer: &mut CheckpointWriter, r0: usize, r1: usize, prune: &[bool]| {
+        buf.clear();
+        buf.extend_from_slice(&data[r0 * cols..r1 * cols]);
+        mask::apply(&mut buf, prune)?;
+        writer.write_tensor_at(name, r0 * cols * size, t.dtype, bytemuck::cast_slice(&buf))?;
+        release(r0, r1);
+        Ok::<(), Error>(())
+    };
+    let in_sq = stats.in_sq.as_deref();
+    if row_local(plan) {
+        for r0 in (0..rows).step_by(block) {
+            let r1 = (r0 + block).min(rows);
+            let w = MatRef::new(&data[r0 * cols..r1 * cols], r1 - r0, cols, name)?;
+            let out_sq = stats.out_sq.as_deref().map(|o| &o[r0..r1]);
+            let scores = score::compute(w, ActStats { in_sq, out_sq }, &plan.score, name)
+                .map_err(|e| shift_rows(e, r0))?;
+            let prune = mask::compute(
+                MatRef::new(&scores, r1 - r0, cols, name)?,
+                plan.pattern,
+                name,
+            )
+            .map_err(|e| shift_rows(e, r0))?;
+            drop(scores);
+            write(writer, r0, r1, &prune)?;
+        }
+    } else {
+        let w = MatRef::new(&data, rows, cols, name)?;
+        let out_sq = stats.out_sq.as_deref();
+        let scores = score::compute(w, ActStats { in_sq, out_sq }, &plan.score, name)?;
+        release(0, rows);
+        let prune = mask::compute(MatRef::new(&scores, rows, cols, name)?, plan.pattern, name)?;
+        drop(scores);
+        for r0 in (0..rows).step_by(block) {
+            let r1 = (r0 + block).min(rows);
+            write(writer, r0, r1, &prune[r0 * cols..r1 * cols])?;
+        }
+    }
+    Ok(())
+}
+
+/// Prunes the checkpoint in `input` into `output` (see the module docs).
+/// Everything is validated before the output is touched; `progress` hears
+/// of every pruned tensor and can stop the run (an error; rerun to resume).
+pub fn prune_checkpoint(
+    input: &Path,
+    output: &Path,
+    plan: &Plan,
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<Report> {
+    let started = Instant::now();
+    check_parameters(plan)?;
+    let checkpoint = Arc::new(Checkpoint::open(input)?);
+    let targets: Vec<(usize, &TensorInfo)> = checkpoint
+        .shards
+        .iter()
+        .enumerate()
+        .flat_map(|(s, shard)| shard.header.tensors.iter().map(move |t| (s, t)))
+        .filter(|(_, t)| plan.selection.selects(t))
+        .collect();
+    if targets.is_empty() {
+        return Err(Error::checkpoint(
+            input,
+            "no tensor matches the selection (2-D F32/F16/BF16 weights, by default the linear \
+             layers of the decoder blocks); check targets/ignore against `symprune inspect`",
+        ));
+    }
+    if let Pattern::NM { m, .. } = plan.pattern {
+        if let Some((_, t)) = targets.iter().find(|(_, t)| t.shape[1] % m != 0) {
+            return Err(Error::tensor(
+                input,
+                &t.name,
+                format!(
+                    "has {} input columns, not a multiple of M = {m}; exclude it with --ignore \
+                     or use another pattern",
+                    t.shape[1]
+                ),
+            ));
+        }
+    }
+
+    let mut run = describe_score(&plan.score);
+    let method = run["method"].as_str().unwrap_or_default().to_string();
+    run.extend(describe_pattern(&plan.pattern));
+    run.insert("selection".into(), plan.selection.describe());
+    let stats_file = match (&plan.stats, needs_stats(&plan.score)) {
+        (Some(path), (true, _) | (_, true)) => Some(Shard::open(path)?),
+        _ => None,
+    };
+    // Loading every statistic once up front checks them all before writing.
+    let stats = targets
+        .iter()
+        .map(|(_, t)| load_stats(stats_file.as_ref(), t, plan, &method))
+        .collect::<Result<Vec<_>>>()?;
+    let mut key = Map::new();
+    key.insert("run".into(), Value::Object(run.clone()));
+    if let Some(file) = &stats_file {
+        let stats_id = fnv1a64(file.bytes());
+        key.insert("stats".into(), format!("{stats_id:016x}").into());
+    }
+    let opts = WriterOptions {
+        overwrite: plan.overwrite,
+        run_key: Value::Object(key).to_string(),
+    };
+    let mut writer = CheckpointWriter::new(checkpoint.clone(), output, &opts)?;
+
+    let interrupted = || {
+        Error::checkpoint(
+            output,
+            "interrupted; run the same command again to resume where it stopped",
+        )
+    };
+    if !progress(Progress::Start {
+        tensors: targets.len(),
+    }) {
+        return Err(interrupted());
+    }
+    let mut reports = Vec::with_capacity(targets.len());
+    let mut next = 0;
+    for (s, shard) in checkpoint.shards.iter().enumerate() {
+        let resumed = writer.is_resumed(s);
+        while next < targets.len() && targets[next].0 == s {
+            let t = targets[next].1;
+            let clock = Instant::now();
+            if !resumed {
+                match t.dtype {
+                    Dtype::F32 => prune_matrix::<f32>(&mut writer, shard, t, &stats[next], plan)?,
+                    Dtype::F16 => prune_matrix::<f16>(&mut writer, shard, t, &stats[next], plan)?,
+                    Dtype::BF16 => prune_matrix::<bf16>(&mut writer, shard, t, &stats[next], plan)?,
+                    other => unreachable!("the selection only picks float tensors, not {other}"),
+                }
+            }
+            let count = writer.zeros(&t.name).unwrap_or_default();
+            let report = TensorReport {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype_name(),
+                sparsity: count.sparsity(),
+                zeros: count.zeros,
+                numel: count.numel,
+                seconds: clock.elapsed().as_secs_f64(),
+                resumed,
+            };
+            if !progress(Progress::Tensor(&report)) {
+                return Err(interrupted());
+            }
+            reports.push(report);
+            next += 1;
+        }
+        writer.close_shard(s)?;
+    }
+    let finished = writer.finish(&run)?;
+    let achieved = reports
+        .iter()
+        .fold(ZeroCount::default(), |acc, r| ZeroCount {
+            zeros: acc.zeros + r.zeros,
+            numel: acc.numel + r.numel,
+        });
+    Ok(Report {
+        tensors: reports,
+        sparsity: achieved.sparsity(),
+        achieved,
+        bytes_written: finished.bytes_written,
+        resumed_shards: finished.resumed_shards,
+        skipped_files: finished.skipped_files,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::reader::tests::file;
+    use crate::checkpoint::{index::INDEX_FILE, manifest::MANIFEST_FILE};
+    use std::fs;
+
+    type Entry<'a> = (&'a str, &'a str, Vec<usize>, Vec<u8>);
+
+    fn shard(path: &Path, tensors: &[Entry]) {
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for (name, dtype, shape, bytes) in tensors {
+            let start = data.len();
+            data.extend_from_slice(bytes);
+            header.insert(
+                name.to_string(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+            );
+        }
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        fs::write(path, file(&Value::Object(header).to_string(), &data)).unwrap();
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut g = crate::rng::SplitMix64::stream(seed, crate::rng::Axis::Row, 0);
+        (0..n)
+            .map(|_| (g.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            .collect()
+    }
+
+    fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter()
+            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect()
+    }
+
+    /// Two shards (BF16 and F32 linears, an I8 tensor, norms), an index and a config.
+    fn checkpoint(dir: &Path) {
+        fs::create_dir_all(dir).unwrap();
+        let f32_bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        shard(
+            &dir.join("model-00001-of-00002.safetensors"),
+            &[
+                (
+                    "model.embed_tokens.weight",
+                    "F32",
+                    vec![10, 8],
+                    f32_bytes(values(80, 1)),
+                ),
+                (
+                    "model.layers.0.self_attn.q_proj.weight",
+                    "BF16",
+                    vec![6, 8],
+                    bf16_bytes(&values(48, 2)),
+                ),
+                (
+                    "model.layers.0.input_layernorm.weight",
+                    "F32",
+                    vec![8],
+                    f32_bytes(values(8, 3)),
+                ),
+            ],
+        );
+        shard(
+            &dir.join("model-00002-of-00002.safetensors"),
+            &[
+                (
+                    "model.layers.0.mlp.up_proj.weight",
+                    "F32",
+                    vec![12, 8],
+                    f32_bytes(values(96, 4)),
+                ),
+                (
+                    "model.layers.0.mlp.qweight",
+                    "I8",
+                    vec![4, 4],
+                    (0..16).collect(),
+                ),
+                (
+                    "model.layers.0.mlp.down_proj.weight",
+                    "F32",
+                    vec![8, 12],
+                    f32_bytes(values(96, 5)),
+                ),
+            ],
+        );
+        let mut map = serde_json::Map::new();
+        for (t, s) in [
+            ("model.embed_tokens.weight", 1),
+            ("model.layers.0.self_attn.q_proj.weight", 1),
+            ("model.layers.0.input_layernorm.weight", 1),
+            ("model.layers.0.mlp.up_proj.weight", 2),
+            ("model.layers.0.mlp.qweight", 2),
+            ("model.layers.0.mlp.down_proj.weight", 2),
+        ] {
+            map.insert(
+                t.into(),
+                format!("model-0000{s}-of-00002.safetensors").into(),
+            );
+        }
+        let index = serde_json::json!({"metadata": {"total_size": 1}, "weight_map": map});
+        fs::write(dir.join(INDEX_FILE), index.to_string()).unwrap();
+        fs::write(dir.join("config.json"), "{}").unwrap();
+    }
+
+    fn plan(overwrite: bool) -> Plan {
+        Plan {
+            score: Score::Symmetric,
+            pattern: Pattern::PerRow { sparsity: 0.5 },
+            selection: Selection::default(),
+            stats: None,
+            overwrite,
+        }
+    }
+
+    fn run(input: &Path, output: &Path, plan: &Plan) -> Result<Report> {
+        prune_checkpoint(input, output, plan, &mut |_| true)
+    }
+
+    fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn prunes_selected_tensors_and_copies_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, output) = (tmp.path().join("in"), tmp.path().join("out"));
+        checkpoint(&input);
+        let before = tree(&input);
+        let report = run(&input, &output, &plan(false)).unwrap();
+        assert_eq!(tree(&input), before);
+        assert_eq!(report.tensors.len(), 3);
+        assert!(report.tensors.iter().all(|t| t.sparsity == 0.5));
+
+        let (a, b) = (
+            Checkpoint::open(&input).unwrap(),
+            Checkpoint::open(&output).unwrap(),
+        );
+        for (s, t) in a.tensors() {
+            let got = b.tensor(&t.name).unwrap().data;
+            if !plan(false).selection.selects(t) {
+                assert_eq!(got, s.data(t), "{}", t.name);
+                continue;
+            }
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let w: Vec<f32> = match t.dtype {
+                Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(s.data(t))
+                    .iter()
+                    .map(|x| x.to_f32())
+                    .collect(),
+                _ => bytemuck::pod_collect_to_vec(s.data(t)),
+            };
+            let m = MatRef::new(&w, rows, cols, "w").unwrap();
+            let scores = score::compute(m, ActStats::default(), &Score::Symmetric, "").unwrap();
+            let prune = mask::compute(
+                MatRef::new(&scores, rows, cols, "s").unwrap(),
+                plan(false).pattern,
+                "",
+            )
+            .unwrap();
+            let mut want = s.data(t).to_vec();
+            let size = want.len() / w.len();
+            for (k, p) in prune.iter().enumerate() {
+                if *p {
+                    want[k * size..(k + 1) * size].fill(0);
+                }
+            }
+            assert_eq!(got, &want[..], "{}", t.name);
+        }
+        for (s_in, s_out) in a.shards.iter().zip(&b.shards) {
+            assert_eq!(s_in.header_bytes(), s_out.header_bytes());
+        }
+        assert_eq!(fs::read(output.join("config.json")).unwrap(), b"{}");
+        let index: Value =
+            serde_json::from_slice(&fs::read(output.join(INDEX_FILE)).unwrap()).unwrap();
+        let total: usize = a.tensors().map(|(_, t)| t.nbytes()).sum();
+        assert_eq!(index["metadata"]["total_size"], total);
+        let manifest: Value =
+            serde_json::from_slice(&fs::read(output.join(MANIFEST_FILE)).unwrap()).unwrap();
+        assert_eq!(manifest["method"], "symmetric");
+        assert_eq!(
+            manifest["tensors"]["model.layers.0.mlp.up_proj.weight"]["sparsity"],
+            0.5
+        );
+        assert!(!output.join(".symprune-journal.json").exists());
+
+        let e = run(&input, &output, &plan(false)).unwrap_err().to_string();
+        assert!(
+            e.contains("already holds a finished pruned checkpoint"),
+            "{e}"
+        );
+        run(&input, &output, &plan(true)).unwrap();
+        let e = run(&input, &input.join("sub"), &plan(false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inside it"), "{e}");
+        assert_eq!(tree(&input), before);
+    }
+
+    #[test]
+    fn an_interrupted_run_resumes_to_identical_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, once, twice) = (
+            tmp.path().join("in"),
+            tmp.path().join("a"),
+            tmp.path().join("b"),
+        );
+        checkpoint(&input);
+        run(&input, &once, &plan(false)).unwrap();
+        // Stop after the first tensor of the second shard.
+        let mut seen = 0;
+        let e = prune_checkpoint(&input, &twice, &plan(false), &mut |p| {
+            seen += matches!(p, Progress::Tensor(_)) as usize;
+            seen < 2
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("interrupted"));
+        assert!(!twice.join(MANIFEST_FILE).exists() && !twice.join("config.json").exists());
+        assert!(twice.join("model-00001-of-00002.safetensors").exists());
+        let other = Plan {
+            pattern: Pattern::PerRow { sparsity: 0.25 },
+            ..plan(false)
+        };
+        let e = run(&input, &twice, &other).unwrap_err().to_string();
+        assert!(e.contains("interrupted run with other settings"), "{e}");
+        let report = run(&input, &twice, &plan(false)).unwrap();
+        assert_eq!(report.resumed_shards, 1);
+        assert_eq!(tree(&once), tree(&twice));
+    }
+
+    #[test]
+    fn missing_statistics_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in");
+        checkpoint(&input);
+        let wanda = Plan {
+            score: Score::Wanda,
+            ..plan(false)
+        };
+        let e = run(&input, &tmp.path().join("o"), &wanda)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pass --stats FILE"), "{e}");
+        let stats = tmp.path().join("stats.safetensors");
+        shard(
+            &stats,
+            &[(
+                "model.layers.0.self_attn.q_proj.in_sq",
+                "F32",
+                vec![8],
+                vec![0; 32],
+            )],
+        );
+        let wanda = Plan {
+            stats: Some(stats),
+            ..wanda
+        };
+        let e = run(&input, &tmp.path().join("o"), &wanda)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.layers.0.mlp.up_proj.weight")
+                && e.contains("no model.layers.0.mlp.up_proj.in_sq"),
+            "{e}"
+        );
+        assert!(!tmp.path().join("o").exists());
+    }
+}

@@ -1,0 +1,593 @@
+//! Writing a pruned checkpoint by in-place substitution.
+//!
+//! Pruning never changes a tensor's name, shape or dtype, so every output
+//! shard has exactly its input shard's header and offsets: the writer puts
+//! pruned bytes at their offsets in `.<shard>.tmp` and, when the shard is
+//! closed, has the kernel copy everything else (the header and every tensor
+//! not written) from the input. A closed shard is fsynced, renamed into place
+//! and recorded in a small journal, so a re-run after an interruption skips it
+//! and redoes only unfinished shards; pruning is deterministic, so the result
+//! is byte-identical to an uninterrupted run. `sparsity.json` is written last
+//! and marks the output finished; the input directory is never written to.
+
+use super::index::INDEX_FILE;
+use super::inspect::count_zeros;
+use super::manifest::{self, MANIFEST_FILE};
+use super::reader::{Checkpoint, TensorInfo};
+use crate::error::{Error, Result};
+use crate::rng::fnv1a64;
+use safetensors::Dtype;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the writer records finished shards (removed once the output is finished).
+pub const JOURNAL_FILE: &str = ".symprune-journal.json";
+
+/// Extensions of weight files that are not copied next to the pruned model:
+/// dense weights in another format would contradict the pruned ones.
+const WEIGHT_EXTENSIONS: [&str; 10] = [
+    "safetensors",
+    "bin",
+    "pt",
+    "pth",
+    "ckpt",
+    "gguf",
+    "h5",
+    "msgpack",
+    "onnx",
+    "npz",
+];
+
+/// How to treat an existing output directory.
+#[derive(Debug, Clone, Default)]
+pub struct WriterOptions {
+    /// Replace a finished output, or discard an interrupted run of other settings.
+    pub overwrite: bool,
+    /// Identifies the run's settings: an interrupted run is resumed only by a
+    /// writer with the same key (and the same input).
+    pub run_key: String,
+}
+
+/// Exact zeros among a tensor's elements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZeroCount {
+    pub zeros: u64,
+    pub numel: u64,
+}
+
+impl ZeroCount {
+    pub fn sparsity(&self) -> f64 {
+        if self.numel == 0 {
+            0.0
+        } else {
+            self.zeros as f64 / self.numel as f64
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Journal {
+    input: String,
+    run: String,
+    /// Finished shards, each with the zero counts of the tensors written into it.
+    done: BTreeMap<String, BTreeMap<String, ZeroCount>>,
+}
+
+#[derive(Debug)]
+enum ShardState {
+    Pending,
+    Open {
+        file: File,
+        /// Per written tensor: bytes written so far and their zeros.
+        written: BTreeMap<String, (usize, ZeroCount)>,
+    },
+    Closed,
+    /// Finished by an earlier, interrupted run.
+    Resumed,
+}
+
+/// What [`CheckpointWriter::finish`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FinishReport {
+    /// Bytes written into the output directory by this run.
+    pub bytes_written: u64,
+    /// Shards taken over from an interrupted run.
+    pub resumed_shards: usize,
+    /// Files of the input directory not copied (other weight formats, folders).
+    pub skipped_files: Vec<String>,
+    /// Every written tensor's zeros (this run's and the resumed shards').
+    pub tensors: BTreeMap<String, ZeroCount>,
+}
+
+/// Writes a pruned copy of a checkpoint; see the module documentation.
+#[derive(Debug)]
+pub struct CheckpointWriter {
+    input: Arc<Checkpoint>,
+    out: PathBuf,
+    states: Vec<ShardState>,
+    journal: Journal,
+    bytes_written: u64,
+    finished: bool,
+}
+
+impl CheckpointWriter {
+    /// Opens the input checkpoint and prepares `output_dir`: a fresh run, a
+    /// resumed one (same input, same `run_key`), or an error when the
+    /// directory holds something else and `overwrite` is off.
+    pub fn create(input_dir: &Path, output_dir: &Path, opts: &WriterOptions) -> Result<Self> {
+        Self::new(Arc::new(Checkpoint::open(input_dir)?), output_dir, opts)
+    }
+
+    /// [`create`](Self::create) for an input checkpoint already open.
+    pub fn new(input: Arc<Checkpoint>, output_dir: &Path, opts: &WriterOptions) -> Result<Self> {
+        check_location(&input.dir, output_dir)?;
+        fs::create_dir_all(output_dir).map_err(Error::io(output_dir))?;
+        let out = output_dir.to_path_buf();
+        let fingerprint = fingerprint(&input)?;
+        let journal_path = out.join(JOURNAL_FILE);
+        let again =
+            "pass overwrite (--overwrite) to replace it, or choose another output directory";
+
+        let previous = match fs::read(&journal_path) {
+            Ok(bytes) => serde_json::from_slice::<Journal>(&bytes).ok(),
+            Err(_) => None,
+        };
+        let mut journal = Journal {
+            input: fingerprint,
+            run: opts.run_key.clone(),
+            done: BTreeMap::new(),
+        };
+        if out.join(MANIFEST_FILE).exists() {
+            if !opts.overwrite {
+                return Err(Error::checkpoint(
+                    &out,
+                    format!(
+                        "already holds a finished pruned checkpoint ({MANIFEST_FILE}); {again}"
+                    ),
+                ));
+            }
+            clear_output(&out)?;
+        } else if journal_path.exists() {
+            match previous {
+                Some(p) if p.input == journal.input && p.run == journal.run => {
+                    journal.done = p.done;
+                }
+                // Nothing finished yet means nothing to lose.
+                Some(p) if p.done.is_empty() => clear_output(&out)?,
+                _ if opts.overwrite => clear_output(&out)?,
+                _ => {
+                    return Err(Error::checkpoint(
+                        &out,
+                        format!(
+                            "holds an interrupted run with other settings or another input; \
+                             rerun with the same settings to resume it, or {again}"
+                        ),
+                    ))
+                }
+            }
+        } else if fs::read_dir(&out)
+            .map_err(Error::io(&out))?
+            .next()
+            .is_some()
+        {
+            if !opts.overwrite {
+                return Err(Error::checkpoint(
+                    &out,
+                    format!("exists and is not empty; {again}"),
+                ));
+            }
+            clear_output(&out)?;
+        }
+
+        // A shard counts as finished only if it is in place, whole, with its header.
+        let mut states = Vec::with_capacity(input.shards.len());
+        for shard in &input.shards {
+            let done = journal.done.contains_key(&shard.file) && {
+                let mut head = vec![0u8; shard.header.data_start];
+                File::open(out.join(&shard.file))
+                    .and_then(|f| {
+                        let same_len = f.metadata()?.len() == shard.len() as u64;
+                        f.read_exact_at(&mut head, 0)?;
+                        Ok(same_len && head == shard.header_bytes())
+                    })
+                    .unwrap_or(false)
+            };
+            if done {
+                states.push(ShardState::Resumed);
+            } else {
+                journal.done.remove(&shard.file);
+                states.push(ShardState::Pending);
+            }
+        }
+        let writer = CheckpointWriter {
+            input,
+            out,
+            states,
+            journal,
+            bytes_written: 0,
+            finished: false,
+        };
+        writer.save_journal()?;
+        Ok(writer)
+    }
+
+    /// The input checkpoint.
+    pub fn input(&self) -> &Arc<Checkpoint> {
+        &self.input
+    }
+
+    /// The zeros written so far into `name` (also for resumed shards).
+    pub fn zeros(&self, name: &str) -> Option<ZeroCount> {
+        let s = self.input.shard_of(name)?;
+        match &self.states[s] {
+            ShardState::Open { written, .. } => written.get(name).map(|(_, c)| *c),
+            _ => self
+                .journal
+                .done
+                .get(&self.input.shards[s].file)?
+                .get(name)
+                .copied(),
+        }
+    }
+
+    /// The output directory.
+    pub fn output(&self) -> &Path {
+        &self.out
+    }
+
+    /// Whether `shard` (an index into `input().shards`) was finished by an
+    /// interrupted earlier run; its tensors need not be computed again.
+    pub fn is_resumed(&self, shard: usize) -> bool {
+        matches!(self.states.get(shard), Some(ShardState::Resumed))
+    }
+
+    /// Writes all of a tensor's bytes (same dtype and length as in the input).
+    pub fn write_tensor(&mut self, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<()> {
+        let (_, info) = self.locate(name)?;
+        if bytes.len() != info.nbytes() {
+            return Err(Error::tensor(
+                &self.out,
+                name,
+                format!(
+                    "{} bytes given, the checkpoint holds {} (shape {:?}, {}); pruning must not \
+                     change shapes",
+                    bytes.len(),
+                    info.nbytes(),
+                    info.shape,
+                    info.dtype
+                ),
+            ));
+        }
+        self.write_tensor_at(name, 0, dtype, bytes)
+    }
+
+    /// Writes the next part of a tensor, `offset` bytes into it: parts must
+    /// come in order, without gaps, and whole elements at a time.
+    pub fn write_tensor_at(
+        &mut self,
+        name: &str,
+        offset: usize,
+        dtype: Dtype,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let (s, info) = self.locate(name)?;
+        let info = info.clone();
+        let err = |msg: String| Error::tensor(&self.out, name, msg);
+        if dtype != info.dtype {
+            return Err(err(format!(
+                "is {} in the checkpoint but {dtype} was given; pruning must not change dtypes",
+                info.dtype
+            )));
+        }
+        match &self.states[s] {
+            ShardState::Resumed => return Ok(()),
+            ShardState::Closed => {
+                return Err(err(format!(
+                    "its shard {} is already closed",
+                    self.input.shards[s].file
+                )))
+            }
+            _ => {}
+        }
+        let elem = (info.dtype.bitsize() / 8).max(1);
+        let file_offset = self.input.shards[s].offset(&info);
+        self.open_shard(s)?;
+        let ShardState::Open { file, written } = &mut self.states[s] else {
+            unreachable!("opened above")
+        };
+        let (done, zeros) = written.get(name).copied().unwrap_or_default();
+        if offset != done || offset + bytes.len() > info.nbytes() || bytes.len() % elem != 0 {
+            return Err(Error::tensor(
+                &self.out,
+                name,
+                format!(
+                    "part of {} bytes at offset {offset} does not continue the {done} bytes \
+                     written so far (of {}) in whole {elem}-byte elements",
+                    bytes.len(),
+                    info.nbytes()
+                ),
+            ));
+        }
+        let tmp = temp_path(&self.out, &self.input.shards[s].file);
+        file.write_all_at(bytes, (file_offset + offset) as u64)
+            .map_err(Error::io(&tmp))?;
+        let part = count_zeros(info.dtype, bytes).unwrap_or(0);
+        let count = ZeroCount {
+            zeros: zeros.zeros + part,
+            numel: info.numel() as u64,
+        };
+        written.insert(name.to_string(), (done + bytes.len(), count));
+        self.bytes_written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Completes shard `s`: copies everything not written from the input,
+    /// fsyncs, renames it into place and records it in the journal.
+    pub fn close_shard(&mut self, s: usize) -> Result<()> {
+        if matches!(self.states[s], ShardState::Closed | ShardState::Resumed) {
+            return Ok(());
+        }
+        self.open_shard(s)?;
+        let shard = &self.input.shards[s];
+        let tmp = temp_path(&self.out, &shard.file);
+        let ShardState::Open { file, written } = &self.states[s] else {
+            unreachable!("opened above")
+        };
+        // The byte ranges written, in file order, must each be a whole tensor.
+        let mut covered = Vec::with_capacity(written.len());
+        for t in &shard.header.tensors {
+            if let Some((done, _)) = written.get(&t.name) {
+                if *done != t.nbytes() {
+                    return Err(Error::tensor(
+                        &self.out,
+                        &t.name,
+                        format!(
+                            "only {done} of its {} bytes were written; write the whole tensor \
+                             before closing shard {}",
+                            t.nbytes(),
+                            shard.file
+                        ),
+                    ));
+                }
+                let start = shard.offset(t);
+                covered.push((start, start + t.nbytes()));
+            }
+        }
+        let mut pos = 0usize;
+        for (start, end) in covered.into_iter().chain([(shard.len(), shard.len())]) {
+            if start > pos {
+                copy_range(shard.handle(), file, pos as u64, (start - pos) as u64)
+                    .map_err(Error::io(&tmp))?;
+                self.bytes_written += (start - pos) as u64;
+            }
+            pos = end;
+        }
+        file.sync_all().map_err(Error::io(&tmp))?;
+        let target = self.out.join(&shard.file);
+        fs::rename(&tmp, &target).map_err(Error::io(&target))?;
+        sync_dir(&self.out)?;
+        let counts = written.iter().map(|(n, (_, c))| (n.clone(), *c)).collect();
+        self.journal.done.insert(shard.file.clone(), counts);
+        self.states[s] = ShardState::Closed;
+        self.save_journal()
+    }
+
+    /// Closes every shard, copies the non-weight files (config, tokenizer,
+    /// ...), writes the index (if the input had one) and, last, `sparsity.json`
+    /// from `run` (method, parameters, pattern, ...) and the achieved sparsity
+    /// of every written tensor.
+    pub fn finish(mut self, run: &Map<String, Value>) -> Result<FinishReport> {
+        for s in 0..self.states.len() {
+            self.close_shard(s)?;
+        }
+        let mut skipped_files = Vec::new();
+        let entries = fs::read_dir(&self.input.dir).map_err(Error::io(&self.input.dir))?;
+        let mut names: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        for name in names {
+            let src = self.input.dir.join(&name);
+            let is_shard = self.input.shards.iter().any(|s| s.file == name);
+            if name.starts_with('.') || is_shard || name == INDEX_FILE || name == MANIFEST_FILE {
+                continue;
+            }
+            let weights = name.ends_with(".index.json")
+                || Path::new(&name)
+                    .extension()
+                    .is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e.to_string_lossy().as_ref()));
+            if weights || !src.is_file() {
+                skipped_files.push(name);
+                continue;
+            }
+            let dst = self.out.join(&name);
+            self.bytes_written += fs::copy(&src, &dst).map_err(Error::io(&dst))?;
+        }
+        if let Some(index) = &self.input.index {
+            let total: usize = self.input.tensors().map(|(_, t)| t.nbytes()).sum();
+            self.write_atomic(INDEX_FILE, &index.render(total as u64))?;
+        }
+        let tensors: BTreeMap<String, ZeroCount> = self
+            .journal
+            .done
+            .values()
+            .flat_map(|m| m.iter().map(|(n, c)| (n.clone(), *c)))
+            .collect();
+        self.write_atomic(MANIFEST_FILE, &manifest::render(run, &tensors))?;
+        let journal = self.out.join(JOURNAL_FILE);
+        fs::remove_file(&journal).map_err(Error::io(&journal))?;
+        sync_dir(&self.out)?;
+        self.finished = true;
+        Ok(FinishReport {
+            bytes_written: self.bytes_written,
+            resumed_shards: self
+                .states
+                .iter()
+                .filter(|s| matches!(s, ShardState::Resumed))
+                .count(),
+            skipped_files,
+            tensors,
+        })
+    }
+
+    /// Stops without finishing: removes the temporary files; shards already
+    /// in place stay, with the journal, for a later run to resume.
+    pub fn abort(self) {}
+
+    fn locate(&self, name: &str) -> Result<(usize, &TensorInfo)> {
+        let s = self.input.shard_of(name).ok_or_else(|| {
+            Error::tensor(
+                &self.out,
+                name,
+                "is not in the input checkpoint; the writer only substitutes existing tensors",
+            )
+        })?;
+        let info = self.input.shards[s].get(name).expect("indexed tensor");
+        Ok((s, info))
+    }
+
+    fn open_shard(&mut self, s: usize) -> Result<()> {
+        if matches!(self.states[s], ShardState::Pending) {
+            let shard = &self.input.shards[s];
+            let tmp = temp_path(&self.out, &shard.file);
+            let file = File::create(&tmp).map_err(Error::io(&tmp))?;
+            file.set_len(shard.len() as u64).map_err(Error::io(&tmp))?;
+            self.states[s] = ShardState::Open {
+                file,
+                written: BTreeMap::new(),
+            };
+        }
+        Ok(())
+    }
+
+    fn save_journal(&self) -> Result<()> {
+        let text = serde_json::to_string(&self.journal).expect("JSON");
+        self.write_atomic(JOURNAL_FILE, &text)
+    }
+
+    /// Writes a small file through a temporary name, so it is whole or absent.
+    fn write_atomic(&self, name: &str, text: &str) -> Result<()> {
+        let tmp = temp_path(&self.out, name);
+        let target = self.out.join(name);
+        let file = File::create(&tmp).map_err(Error::io(&tmp))?;
+        file.write_all_at(text.as_bytes(), 0)
+            .and_then(|_| file.sync_all())
+            .map_err(Error::io(&tmp))?;
+        fs::rename(&tmp, &target).map_err(Error::io(&target))
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        for (s, state) in self.states.iter().enumerate() {
+            if matches!(state, ShardState::Open { .. }) {
+                let _ = fs::remove_file(temp_path(&self.out, &self.input.shards[s].file));
+            }
+        }
+    }
+}
+
+fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.tmp"))
+}
+
+/// `len` bytes at `start` from `src` to the same place in `dst`, copied by
+/// the kernel (`copy_file_range`) where it can.
+fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<()> {
+    let (mut reader, mut writer) = (src, dst);
+    reader.seek(SeekFrom::Start(start))?;
+    writer.seek(SeekFrom::Start(start))?;
+    let copied = std::io::copy(&mut reader.take(len), &mut writer)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the input ended after {copied} of {len} bytes (was it truncated?)"),
+        ));
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(dir))
+}
+
+/// The absolute form of a path that may not exist yet.
+fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while existing.canonicalize().is_err() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+    let mut out = existing.canonicalize().expect("checked above");
+    out.extend(rest.iter().rev());
+    out
+}
+
+fn check_location(input: &Path, output: &Path) -> Result<()> {
+    let (input, output) = (resolve(input), resolve(output));
+    if output.starts_with(&input) {
+        return Err(Error::checkpoint(
+            &output,
+            format!(
+                "is the input directory {} or inside it; the input is never modified, choose \
+                 an output directory outside it",
+                input.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes what a previous run left: weights, index, manifest, journal, temp files.
+fn clear_output(out: &Path) -> Result<()> {
+    for entry in fs::read_dir(out).map_err(Error::io(out))? {
+        let path = entry.map_err(Error::io(out))?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ours = name.ends_with(".safetensors")
+            || name == INDEX_FILE
+            || name == MANIFEST_FILE
+            || name == JOURNAL_FILE
+            || (name.starts_with('.') && name.ends_with(".tmp"));
+        if ours && path.is_file() {
+            fs::remove_file(&path).map_err(Error::io(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Identifies the input: shard names, sizes, modification times and headers.
+fn fingerprint(input: &Checkpoint) -> Result<String> {
+    let mut text = Vec::new();
+    for shard in &input.shards {
+        let meta = shard.handle().metadata().map_err(Error::io(&shard.path))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        text.extend_from_slice(format!("{}\0{}\0{mtime}\0", shard.file, shard.len()).as_bytes());
+        text.extend_from_slice(shard.header_bytes());
+    }
+    Ok(format!("{:016x}", fnv1a64(&text)))
+}

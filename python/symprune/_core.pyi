@@ -1,5 +1,7 @@
 """Type stubs of the Rust extension module (see symprune.ops for the documented API)."""
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -34,3 +36,41 @@ def apply_mask(
     dtype: str,
     mask: npt.NDArray[np.bool_],
 ) -> int: ...
+def dsnot(
+    weight: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    dtype: str,
+    prune_mask: npt.NDArray[np.bool_],
+    in_sq: npt.NDArray[np.float32],
+    act_sum: npt.NDArray[np.float32],
+    act_var: npt.NDArray[np.float32],
+    *,
+    n: int = 0,
+    m: int = 0,
+    initial_scores: npt.NDArray[np.float32] | None = None,
+    max_cycles: int = 50,
+    threshold: float = 0.1,
+    var_power: float = 1.0,
+    same_sign: bool | None = None,
+    tensor: str = "",
+) -> tuple[npt.NDArray[np.bool_], dict[str, Any]]: ...
+def r2dsnot(
+    weight: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    dtype: str,
+    prune_mask: npt.NDArray[np.bool_],
+    in_sq: npt.NDArray[np.float32],
+    act_sum: npt.NDArray[np.float32],
+    act_var: npt.NDArray[np.float32],
+    *,
+    n: int = 0,
+    m: int = 0,
+    max_cycles: int = 50,
+    threshold: float = 0.1,
+    var_power: float = 1.0,
+    ri_phase: str = "prune",
+    alpha: float = 0.5,
+    gamma: float = 0.0,
+    p: float = 1.0,
+    same_sign: bool = True,
+    on_reject: str = "stop",
+    tensor: str = "",
+) -> tuple[npt.NDArray[np.bool_], dict[str, Any]]: ...

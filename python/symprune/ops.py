@@ -23,7 +23,7 @@ prune. Ties are broken by the lower column index (row-major index for
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -239,3 +239,232 @@ def apply_mask(weight: Matrix, prune: npt.NDArray[np.bool_]) -> int:
             f"mask: expected a bool array of shape {arr.shape}, got {m.dtype} {m.shape}"
         )
     return _core.apply_mask(arr, dtype, np.ascontiguousarray(m))
+
+
+# -- mask refinement (methods.md §5, §7) --
+
+Report = dict[str, Any]
+"""What a refinement did: ``swaps`` (total), ``swaps_per_row`` (uint32 array),
+``rows_stopped`` (rows that stopped before ``max_cycles``), ``cycles`` (cycles run)."""
+
+
+def _refine_inputs(
+    weight: Matrix,
+    prune_mask: Any,
+    in_sq: Vector,
+    act_sum: Vector,
+    act_var: Vector,
+    pattern: str | None,
+) -> tuple[Any, ...]:
+    arr, dtype = as_matrix(weight, "weight")
+    m = np.asarray(prune_mask.numpy() if _is_torch(prune_mask) else prune_mask)
+    if m.dtype != np.bool_ or m.shape != arr.shape:
+        raise InvalidInputError(
+            f"prune_mask: expected a bool array of shape {arr.shape}, got {m.dtype} {m.shape}"
+        )
+    stats = []
+    for value, arg in ((in_sq, "in_sq"), (act_sum, "act_sum"), (act_var, "act_var")):
+        v = as_vector(value, arg)
+        if v is None:
+            raise InvalidInputError(
+                f"{arg}: mask refinement needs the layer's activation statistics; calibrate first"
+            )
+        stats.append(v)
+    n, mm = parse_nm(pattern) if pattern is not None else (0, 0)
+    return arr, dtype, np.ascontiguousarray(m), *stats, n, mm
+
+
+@overload
+def dsnot(
+    weight: Matrix,
+    prune_mask: Any,
+    in_sq: Vector,
+    act_sum: Vector,
+    act_var: Vector,
+    *,
+    max_cycles: int = ...,
+    threshold: float = ...,
+    var_power: float = ...,
+    same_sign: bool | None = ...,
+    pattern: str | None = ...,
+    initial_scores: Matrix | None = ...,
+    tensor: str = ...,
+    return_report: Literal[False] = ...,
+) -> npt.NDArray[np.bool_]: ...
+@overload
+def dsnot(
+    weight: Matrix,
+    prune_mask: Any,
+    in_sq: Vector,
+    act_sum: Vector,
+    act_var: Vector,
+    *,
+    max_cycles: int = ...,
+    threshold: float = ...,
+    var_power: float = ...,
+    same_sign: bool | None = ...,
+    pattern: str | None = ...,
+    initial_scores: Matrix | None = ...,
+    tensor: str = ...,
+    return_report: Literal[True],
+) -> tuple[npt.NDArray[np.bool_], Report]: ...
+def dsnot(
+    weight: Matrix,
+    prune_mask: Any,
+    in_sq: Vector,
+    act_sum: Vector,
+    act_var: Vector,
+    *,
+    max_cycles: int = 50,
+    threshold: float = 0.1,
+    var_power: float = 1.0,
+    same_sign: bool | None = None,
+    pattern: str | None = None,
+    initial_scores: Matrix | None = None,
+    tensor: str = "",
+    return_report: bool = False,
+) -> npt.NDArray[np.bool_] | tuple[npt.NDArray[np.bool_], Report]:
+    """DSnoT (methods.md §5): refines ``prune_mask`` (``True`` = pruned) without touching weights.
+
+    ``in_sq``, ``act_sum``, ``act_var`` are the layer's calibration statistics (§2). Every
+    row keeps its exact count; the initial mask must prune the same number in every row
+    (``pattern=None``) or be exactly N:M (``pattern="2:4"``, kept afterwards).
+    ``threshold`` is in the units of ``act_sum`` (seqlen × mean). ``same_sign=None`` is the
+    reference's choice: off unstructured, on for N:M. ``initial_scores`` (N:M only; Wanda
+    by default) picks the weight to prune inside a group; unstructured DSnoT orders its
+    prune candidates by the Wanda score, as the reference does. A zero variance is
+    floored at the smallest normal float32 (see ``symprune-core``'s ``dsnot`` module for
+    every definition). Returns the refined mask, and a :data:`Report` with
+    ``return_report=True``.
+    """
+    arr, dtype, m, sq, sm, var, n, mm = _refine_inputs(
+        weight, prune_mask, in_sq, act_sum, act_var, pattern
+    )
+    init = None
+    if initial_scores is not None:
+        init = np.ascontiguousarray(np.asarray(initial_scores, dtype=np.float32))
+    mask, report = _core.dsnot(
+        arr,
+        dtype,
+        m,
+        sq,
+        sm,
+        var,
+        n=n,
+        m=mm,
+        initial_scores=init,
+        max_cycles=max_cycles,
+        threshold=threshold,
+        var_power=var_power,
+        same_sign=same_sign,
+        tensor=tensor,
+    )
+    return (mask, report) if return_report else mask
+
+
+RI_PHASES = ("prune", "grow", "none")
+ON_REJECT = ("stop", "skip")
+
+
+@overload
+def r2dsnot(
+    weight: Matrix,
+    prune_mask: Any,
+    in_sq: Vector,
+    act_sum: Vector,
+    act_var: Vector,
+    *,
+    max_cycles: int = ...,
+    threshold: float = ...,
+    var_power: float = ...,
+    ri_phase: str = ...,
+    alpha: float = ...,
+    gamma: float = ...,
+    p: float = ...,
+    same_sign: bool = ...,
+    on_reject: str = ...,
+    pattern: str | None = ...,
+    tensor: str = ...,
+    return_report: Literal[False] = ...,
+) -> npt.NDArray[np.bool_]: ...
+@overload
+def r2dsnot(
+    weight: Matrix,
+    prune_mask: Any,
+    in_sq: Vector,
+    act_sum: Vector,
+    act_var: Vector,
+    *,
+    max_cycles: int = ...,
+    threshold: float = ...,
+    var_power: float = ...,
+    ri_phase: str = ...,
+    alpha: float = ...,
+    gamma: float = ...,
+    p: float = ...,
+    same_sign: bool = ...,
+    on_reject: str = ...,
+    pattern: str | None = ...,
+    tensor: str = ...,
+    return_report: Literal[True],
+) -> tuple[npt.NDArray[np.bool_], Report]: ...
+def r2dsnot(
+    weight: Matrix,
+    prune_mask: Any,
+    in_sq: Vector,
+    act_sum: Vector,
+    act_var: Vector,
+    *,
+    max_cycles: int = 50,
+    threshold: float = 0.1,
+    var_power: float = 1.0,
+    ri_phase: str = "prune",
+    alpha: float = 0.5,
+    gamma: float = 0.0,
+    p: float = 1.0,
+    same_sign: bool = True,
+    on_reject: str = "stop",
+    pattern: str | None = None,
+    tensor: str = "",
+    return_report: bool = False,
+) -> npt.NDArray[np.bool_] | tuple[npt.NDArray[np.bool_], Report]:
+    """R²-DSnoT (methods.md §7): DSnoT with relative importance, √-activation, a regularized
+    decision.
+
+    ``ri_phase`` (one of :data:`RI_PHASES`) puts RIA's relative importance in the prune
+    score (``RI · n^alpha``) or the grow score (``G · RI``) or nowhere (``|W| · n^alpha``).
+    A candidate swap is applied only if the row's error keeps its initial sign
+    (``same_sign``) and it strictly lowers ``Φ = |err|/|err⁰| + gamma · pen/pen⁰`` with
+    ``pen`` the ℓ``p`` norm of the pruned Wanda scores. At a rejected candidate the row
+    stops (``on_reject="stop"``) or passes it over (``"skip"``). ``gamma=0`` (default,
+    pending the ablation) leaves the decision to the error and the sign. Other arguments
+    and the return value as :func:`dsnot`.
+    """
+    if ri_phase not in RI_PHASES:
+        raise InvalidInputError(f"ri_phase {ri_phase!r} is not one of {', '.join(RI_PHASES)}")
+    if on_reject not in ON_REJECT:
+        raise InvalidInputError(f"on_reject {on_reject!r} is not one of {', '.join(ON_REJECT)}")
+    arr, dtype, m, sq, sm, var, n, mm = _refine_inputs(
+        weight, prune_mask, in_sq, act_sum, act_var, pattern
+    )
+    mask, report = _core.r2dsnot(
+        arr,
+        dtype,
+        m,
+        sq,
+        sm,
+        var,
+        n=n,
+        m=mm,
+        max_cycles=max_cycles,
+        threshold=threshold,
+        var_power=var_power,
+        ri_phase=ri_phase,
+        alpha=alpha,
+        gamma=gamma,
+        p=p,
+        same_sign=same_sign,
+        on_reject=on_reject,
+        tensor=tensor,
+    )
+    return (mask, report) if return_report else mask

@@ -122,6 +122,21 @@ impl<'a, T: Element> MatRef<'a, T> {
 
 /// Checks a per-channel statistic: right length, finite, non-negative.
 pub fn check_stat(values: &[f32], len: usize, arg: &str) -> Result<()> {
+    check_signed_stat(values, len, arg)?;
+    if let Some(pos) = values.iter().position(|v| *v < 0.0) {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "value {} at index {pos} is negative; it must be a mean of squares",
+                values[pos]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a per-channel statistic that may be negative: right length, finite.
+pub fn check_signed_stat(values: &[f32], len: usize, arg: &str) -> Result<()> {
     if values.len() != len {
         return Err(Error::ShapeMismatch {
             arg: arg.into(),
@@ -136,15 +151,6 @@ pub fn check_stat(values: &[f32], len: usize, arg: &str) -> Result<()> {
             col: pos,
             value: values[pos],
         });
-    }
-    if let Some(pos) = values.iter().position(|v| *v < 0.0) {
-        return Err(Error::invalid(
-            arg,
-            format!(
-                "value {} at index {pos} is negative; it must be a mean of squares",
-                values[pos]
-            ),
-        ));
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! parallel over rows with rayon and free of Python.
 
 pub mod checkpoint;
+pub mod dsnot;
 pub mod dtype;
 pub mod error;
 pub mod mask;

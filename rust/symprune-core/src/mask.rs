@@ -25,7 +25,7 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    fn check(&self, cols: usize, tensor: &str) -> Result<()> {
+    pub(crate) fn check(&self, cols: usize, tensor: &str) -> Result<()> {
         match *self {
             Pattern::PerRow { sparsity }
             | Pattern::PerMatrix { sparsity }
@@ -68,7 +68,7 @@ pub fn prune_count(total: usize, sparsity: f64) -> usize {
 
 /// An order-preserving key: `a < b` (as f32, `-0 == +0`) iff `key(a) < key(b)`.
 #[inline(always)]
-fn key(v: f32) -> u32 {
+pub(crate) fn key(v: f32) -> u32 {
     let bits = (v + 0.0).to_bits();
     if bits >> 31 == 1 {
         !bits

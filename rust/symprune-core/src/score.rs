@@ -95,8 +95,7 @@ pub fn compute<T: Element>(
         }
         Score::Ria { a } => {
             let act = activation_factor(in_norm(a != 0.0)?, a, cols, name)?;
-            let c = to_f32(col_reduce(w, f64::from));
-            let r = to_f32(row_reduce(w, f64::from));
+            let (c, r) = abs_sums(w);
             relative_importance(w, &c, &r, &act)
         }
         Score::LpRia { p, a } => {
@@ -187,15 +186,33 @@ fn fill<T: Element>(w: MatRef<T>, f: impl Fn(usize, usize, f32) -> f32 + Sync) -
 
 /// `(|W|/c_j + |W|/r_i) · act_j`, a zero norm contributing 0.
 fn relative_importance<T: Element>(w: MatRef<T>, c: &[f32], r: &[f32], act: &[f32]) -> Vec<f32> {
-    fill(w, |i, j, x| {
-        let by_col = if c[j] > 0.0 { x / c[j] } else { 0.0 };
-        let by_row = if r[i] > 0.0 { x / r[i] } else { 0.0 };
-        (by_col + by_row) * act[j]
-    })
+    fill(w, |i, j, x| relative(x, c[j], r[i]) * act[j])
+}
+
+/// RIA's relative importance of one weight, `|w|/c + |w|/r` in f32, a zero
+/// norm contributing 0.
+#[inline]
+pub(crate) fn relative(x: f32, c: f32, r: f32) -> f32 {
+    let by_col = if c > 0.0 { x / c } else { 0.0 };
+    let by_row = if r > 0.0 { x / r } else { 0.0 };
+    by_col + by_row
+}
+
+/// RIA's column and row sums of `|W|`.
+pub(crate) fn abs_sums<T: Element>(w: MatRef<T>) -> (Vec<f32>, Vec<f32>) {
+    (
+        to_f32(col_reduce(w, f64::from)),
+        to_f32(row_reduce(w, f64::from)),
+    )
 }
 
 /// `n_j^a` rounded to f32 (`a = 0` needs no statistics and gives 1).
-fn activation_factor(norm: Option<Vec<f32>>, a: f64, cols: usize, name: &str) -> Result<Vec<f32>> {
+pub(crate) fn activation_factor(
+    norm: Option<Vec<f32>>,
+    a: f64,
+    cols: usize,
+    name: &str,
+) -> Result<Vec<f32>> {
     if !a.is_finite() || a < 0.0 {
         return Err(Error::invalid(
             format!("{name}: a"),
@@ -208,7 +225,7 @@ fn activation_factor(norm: Option<Vec<f32>>, a: f64, cols: usize, name: &str) ->
     })
 }
 
-fn lp_term(x: f32, p: f64) -> f64 {
+pub(crate) fn lp_term(x: f32, p: f64) -> f64 {
     let x = f64::from(x);
     if p == 1.0 {
         x
@@ -219,7 +236,7 @@ fn lp_term(x: f32, p: f64) -> f64 {
     }
 }
 
-fn lp_root(s: f64, p: f64) -> f64 {
+pub(crate) fn lp_root(s: f64, p: f64) -> f64 {
     if p == 1.0 {
         s
     } else if p == 2.0 {

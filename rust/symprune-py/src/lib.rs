@@ -5,6 +5,7 @@
 //! by string, so torch bf16 tensors cross without a copy. All work runs with
 //! the GIL released.
 
+mod dsnot;
 mod errors;
 mod ops;
 
@@ -13,5 +14,6 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    ops::register(m)
+    ops::register(m)?;
+    dsnot::register(m)
 }

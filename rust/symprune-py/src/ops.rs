@@ -45,8 +45,9 @@ macro_rules! with_matrix {
         }
     }};
 }
+pub(crate) use with_matrix;
 
-fn to_matrix<T: numpy::Element>(
+pub(crate) fn to_matrix<T: numpy::Element>(
     py: Python<'_>,
     data: Vec<T>,
     rows: usize,

@@ -1,5 +1,6 @@
 """Type stubs of the Rust extension module (see symprune.ops for the documented API)."""
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,3 +75,45 @@ def r2dsnot(
     on_reject: str = "stop",
     tensor: str = "",
 ) -> tuple[npt.NDArray[np.bool_], dict[str, Any]]: ...
+
+class CheckpointReader:
+    def __init__(self, path: str) -> None: ...
+    def names(self) -> list[str]: ...
+    def info(self, name: str) -> tuple[str, list[int]]: ...
+    def shards(self) -> list[str]: ...
+    def metadata(self) -> dict[str, str]: ...
+    def tensor_bytes(self, name: str, writable: bool = False) -> npt.NDArray[np.uint8]: ...
+
+class CheckpointWriter:
+    def __init__(
+        self, input: str, output: str, overwrite: bool = False, run_key: str = ""
+    ) -> None: ...
+    def is_resumed(self, name: str) -> bool: ...
+    def write_tensor(self, name: str, dtype: str, data: npt.NDArray[np.uint8]) -> None: ...
+    def finish(self, manifest: str) -> str: ...
+    def abort(self) -> None: ...
+
+def prune_checkpoint(
+    input: str,
+    output: str,
+    method: str,
+    *,
+    group: str = "per-row",
+    sparsity: float = 0.5,
+    n: int = 0,
+    m: int = 0,
+    a: float = 0.5,
+    p: float = 1.0,
+    beta: float = 0.1,
+    seed: int = 0,
+    activation: bool = True,
+    lam: float = 1.0,
+    targets: list[str] = ...,
+    ignore: list[str] = ...,
+    stats: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, str], None] | None = None,
+) -> str: ...
+def inspect(
+    path: str, n: int = 0, m: int = 0, targets: list[str] = ..., ignore: list[str] = ...
+) -> str: ...

@@ -5,6 +5,7 @@
 //! by string, so torch bf16 tensors cross without a copy. All work runs with
 //! the GIL released.
 
+mod checkpoint;
 mod dsnot;
 mod errors;
 mod ops;
@@ -15,5 +16,6 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     ops::register(m)?;
+    checkpoint::register(m)?;
     dsnot::register(m)
 }

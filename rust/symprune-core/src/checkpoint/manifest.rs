@@ -167,7 +167,7 @@ pub fn render(run: &Map<String, Value>, tensors: &BTreeMap<String, ZeroCount>) -
         }),
     );
     out.insert("tensors".into(), Value::Object(per_tensor));
-    out.insert("symprune".into(), env!("CARGO_PKG_VERSION").into());
+    out.insert("symprune_version".into(), env!("CARGO_PKG_VERSION").into());
     let mut text = serde_json::to_string_pretty(&Value::Object(out)).expect("JSON");
     text.push('\n');
     text

@@ -18,7 +18,8 @@ pub mod writer;
 pub use inspect::{inspect, Inspection, TensorSparsity};
 pub use manifest::{MethodParams, MANIFEST_FILE};
 pub use prune::{prune_checkpoint, Plan, Progress, Report, TensorReport};
-pub use reader::{Checkpoint, Shard, TensorInfo, TensorRef};
+pub use reader::{parse_dtype, Checkpoint, Shard, TensorInfo, TensorRef};
+pub use safetensors::Dtype as StorageDtype;
 pub use selection::Selection;
 pub use writer::{CheckpointWriter, WriterOptions, ZeroCount};
 

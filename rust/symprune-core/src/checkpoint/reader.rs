@@ -63,6 +63,11 @@ struct RawInfo {
     data_offsets: (usize, usize),
 }
 
+/// The dtype spelled `name` in safetensors (`"BF16"`, `"I8"`, ...).
+pub fn parse_dtype(name: &str) -> Option<Dtype> {
+    serde_json::from_value(Value::String(name.to_string())).ok()
+}
+
 /// Parses and validates the header of a safetensors file whose full contents
 /// are `file`; `path` names it in errors. Never panics on any input.
 pub fn parse_header(file: &[u8], path: &Path) -> Result<Header> {
@@ -121,18 +126,17 @@ pub fn parse_header(file: &[u8], path: &Path) -> Result<Header> {
                 format!("invalid header entry ({e}); {corrupt}"),
             )
         })?;
-        let dtype: Dtype =
-            serde_json::from_value(Value::String(raw.dtype.clone())).map_err(|_| {
-                Error::tensor(
-                    path,
-                    &name,
-                    format!(
-                        "unknown dtype {:?}; safetensors knows BOOL, U8, I8, I16, U16, I32, U32, \
+        let dtype = parse_dtype(&raw.dtype).ok_or_else(|| {
+            Error::tensor(
+                path,
+                &name,
+                format!(
+                    "unknown dtype {:?}; safetensors knows BOOL, U8, I8, I16, U16, I32, U32, \
                      I64, U64, F16, BF16, F32, F64, C64 and the F4/F6/F8 formats",
-                        raw.dtype
-                    ),
-                )
-            })?;
+                    raw.dtype
+                ),
+            )
+        })?;
         let (start, end) = raw.data_offsets;
         tensors.push(TensorInfo {
             name,

@@ -1,0 +1,518 @@
+"""Streaming checkpoints: read, prune, write and inspect safetensors checkpoints.
+
+A checkpoint is a Hugging Face directory with a single ``model.safetensors``
+or shards listed by ``model.safetensors.index.json``. Everything here runs in
+Rust on memory maps, one tensor at a time, so memory stays near one tensor
+(plus its scores and mask) however large the checkpoint is:
+
+- :class:`CheckpointReader` hands out tensors as zero-copy numpy or torch views;
+- :class:`CheckpointWriter` writes a pruned copy by in-place substitution (same
+  shards, headers and offsets; untouched tensors and the non-weight files are
+  copied byte for byte), resumable after an interruption, and finished by
+  ``sparsity.json``, the manifest of the run;
+- :func:`prune_checkpoint` prunes with a data-free method, or a data-aware one
+  from a statistics file, shard to shard entirely in Rust;
+- :func:`inspect` measures per-tensor sparsity and checks an N:M pattern.
+
+Malformed files raise :class:`~symprune.errors.CheckpointError` naming the
+file, the tensor and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from symprune import _core
+from symprune.errors import InvalidInputError
+
+MANIFEST = "sparsity.json"
+
+# numpy has no bfloat16 or float8: those cross as their raw bits.
+_NUMPY = {
+    "BOOL": np.bool_,
+    "U8": np.uint8,
+    "I8": np.int8,
+    "I16": np.int16,
+    "U16": np.uint16,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I32": np.int32,
+    "U32": np.uint32,
+    "F32": np.float32,
+    "F64": np.float64,
+    "I64": np.int64,
+    "U64": np.uint64,
+    "C64": np.complex64,
+}
+for _f8 in ("F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ"):
+    _NUMPY[_f8] = np.uint8
+
+_FLOATS = ("F32", "F16", "BF16")
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    special = {
+        "BF16": torch.bfloat16,
+        "F8_E5M2": torch.float8_e5m2,
+        "F8_E4M3": torch.float8_e4m3fn,
+        "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+        "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    }
+    if name in special:
+        return special[name]
+    return torch.from_numpy(np.zeros(0, _NUMPY[name])).dtype
+
+
+def _is_torch(x: object) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class CheckpointReader:
+    """A checkpoint directory, memory-mapped; tensors are read one at a time.
+
+    Arrays share memory with the map (a private one: nothing ever reaches the
+    file). numpy views are read-only unless ``writable=True``; torch tensors
+    are writable views, and writes are seen by later reads of the same tensor.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._core = _core.CheckpointReader(str(self.path))
+        self._names = self._core.names()
+
+    def names(self) -> list[str]:
+        """Tensor names, shard by shard in file order."""
+        return list(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in set(self._names)
+
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype name (``"BF16"``, ``"I8"``, ...)."""
+        return self._core.info(name)[0]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._core.info(name)[1])
+
+    @property
+    def shards(self) -> list[str]:
+        return self._core.shards()
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The ``__metadata__`` of the shards, merged."""
+        return self._core.metadata()
+
+    def numpy(self, name: str, *, writable: bool = False) -> np.ndarray:
+        """A zero-copy numpy view; BF16 and F8 come as their raw bits (uint16 / uint8)."""
+        dtype, shape = self._core.info(name)
+        raw = self._core.tensor_bytes(name, writable)
+        if dtype not in _NUMPY:  # sub-byte formats (F4, F6): packed bytes
+            return raw
+        return raw.view(_NUMPY[dtype]).reshape(shape)
+
+    def torch(self, name: str) -> Any:
+        """A zero-copy torch tensor of the stored dtype (bfloat16 included)."""
+        import torch
+
+        dtype, shape = self._core.info(name)
+        if dtype not in _NUMPY:
+            raise InvalidInputError(f"{name}: dtype {dtype} has no torch equivalent; use numpy()")
+        raw = self._core.tensor_bytes(name, True)
+        target = _torch_dtype(dtype)
+        if dtype == "BF16":
+            return torch.from_numpy(raw.view(np.int16)).view(target).reshape(shape)
+        if _NUMPY[dtype] is np.uint8 and dtype != "U8":
+            return torch.from_numpy(raw).view(target).reshape(shape)
+        return torch.from_numpy(raw.view(_NUMPY[dtype])).reshape(shape)
+
+
+class CheckpointWriter:
+    """Writes a pruned copy of ``input`` into ``output`` by in-place substitution.
+
+    Call :meth:`write` for each pruned tensor (same name, shape and dtype as in
+    the input; torch float tensors are cast to the stored dtype), then
+    :meth:`finish`. As a context manager it finishes on a clean exit and
+    aborts on an exception, which leaves nothing that looks finished: temporary
+    files go, shards already completed stay with a journal, and a writer with
+    the same ``run_key`` on the same input resumes from them.
+    ``overwrite`` replaces a finished output (or an interrupted run of other
+    settings). The input directory is never written to.
+    """
+
+    def __init__(
+        self,
+        input: str | Path,
+        output: str | Path,
+        *,
+        overwrite: bool = False,
+        run_key: str = "",
+    ):
+        self.input = Path(input)
+        self.output = Path(output)
+        self._core = _core.CheckpointWriter(str(self.input), str(self.output), overwrite, run_key)
+        self._reader = CheckpointReader(self.input)
+        self._finished = False
+
+    def is_resumed(self, name: str) -> bool:
+        """Whether ``name``'s shard was completed by an interrupted run (writes are skipped)."""
+        return self._core.is_resumed(name)
+
+    def write(self, name: str, tensor: Any) -> None:
+        """Writes the pruned ``tensor`` (numpy array or torch tensor) in place of ``name``."""
+        if name not in self._reader:
+            raise InvalidInputError(f"{name}: not in the input checkpoint {self.input}")
+        dtype, shape = self._reader.dtype(name), self._reader.shape(name)
+        if _is_torch(tensor):
+            import torch
+
+            t = tensor.detach().to("cpu")
+            if t.is_floating_point() and dtype in _FLOATS:
+                t = t.to(_torch_dtype(dtype))
+            raw, got_shape = t.contiguous().view(torch.uint8).numpy(), tuple(t.shape)
+        else:
+            arr = np.asarray(tensor)
+            expected = np.dtype(_NUMPY.get(dtype, np.uint8))
+            if arr.dtype != expected:
+                raise InvalidInputError(
+                    f"{name}: a {arr.dtype} array cannot be written as {dtype} (expected "
+                    f"{expected}{', the raw bits' if dtype == 'BF16' else ''}); cast it first"
+                )
+            raw, got_shape = np.ascontiguousarray(arr).view(np.uint8), arr.shape
+        if got_shape != shape:
+            raise InvalidInputError(
+                f"{name}: shape {got_shape} differs from the checkpoint's {shape}; "
+                "pruning must not change shapes"
+            )
+        self._core.write_tensor(name, dtype, raw.reshape(-1))
+
+    def finish(self, manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Completes the output; ``manifest`` holds the run's fields for ``sparsity.json``
+        (see :func:`manifest`), to which the achieved sparsity of every written tensor
+        and the symprune version are added. Returns what was written."""
+        done = json.loads(self._core.finish(json.dumps(dict(manifest or {}))))
+        self._finished = True
+        return done
+
+    def abort(self) -> None:
+        """Stops without finishing (see the class documentation)."""
+        self._core.abort()
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None and not self._finished:
+            try:
+                self.finish()
+            except BaseException:
+                self.abort()
+                raise
+        elif exc_type is not None:
+            self.abort()
+
+
+def manifest(
+    method: str,
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    pattern: str = "per-row",
+    sparsity: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The run fields of ``sparsity.json``: method, parameters, pattern (``per-row``,
+    ``per-matrix``, ``adaptive`` or ``N:M``), target sparsity, and any ``extra``."""
+    return {
+        "method": method,
+        "parameters": dict(parameters or {}),
+        "pattern": pattern,
+        "sparsity": sparsity,
+        **extra,
+    }
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The ``sparsity.json`` of a pruned checkpoint directory."""
+    return json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class TensorReport:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    sparsity: float
+    zeros: int
+    numel: int
+    seconds: float
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :func:`prune_checkpoint` did."""
+
+    input: str
+    output: str
+    tensors: list[TensorReport]
+    sparsity: float
+    zeros: int
+    numel: int
+    bytes_written: int
+    resumed_shards: int
+    skipped_files: list[str]
+    seconds: float
+    peak_rss_mb: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A small table of the totals."""
+        resumed = sum(t.resumed for t in self.tensors)
+        pruned = f"{len(self.tensors)}" + (f" ({resumed} from an earlier run)" if resumed else "")
+        rows = [
+            ("tensors pruned", pruned),
+            ("parameters", f"{self.numel:,}"),
+            ("achieved sparsity", f"{self.sparsity:.4f}"),
+            ("bytes written", f"{self.bytes_written:,} ({self.bytes_written / 2**30:.2f} GiB)"),
+            ("seconds", f"{self.seconds:.2f}"),
+            ("peak RSS", f"{self.peak_rss_mb:.0f} MiB"),
+            ("output", self.output),
+        ]
+        if self.skipped_files:
+            rows.append(("not copied", ", ".join(self.skipped_files)))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _patterns(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _bar(progress: bool | Callable[[TensorReport], None]) -> Callable[[str, str], None]:
+    """The Rust progress callback: a tqdm bar (``True``), a user callback, or nothing."""
+    bar: Any = None
+
+    def on_event(kind: str, payload: str) -> None:
+        nonlocal bar
+        data = json.loads(payload)
+        if kind == "start":
+            if progress is True:
+                from tqdm import tqdm
+
+                bar = tqdm(total=data["tensors"], unit="tensor", desc="prune", leave=False)
+            return
+        report = TensorReport(**{**data, "shape": tuple(data["shape"])})
+        if bar is not None:
+            bar.set_postfix_str(report.name, refresh=False)
+            bar.update(1)
+            if bar.n == bar.total:
+                bar.close()
+        elif callable(progress):
+            progress(report)
+
+    return on_event
+
+
+def prune_checkpoint(
+    model: str | Path,
+    output: str | Path,
+    *,
+    method: str = "magnitude",
+    sparsity: float = 0.5,
+    pattern: str | None = None,
+    group: str = "per-row",
+    stats: str | Path | None = None,
+    targets: str | Sequence[str] | None = None,
+    ignore: str | Sequence[str] | None = None,
+    overwrite: bool = False,
+    progress: bool | Callable[[TensorReport], None] = False,
+    a: float = 0.5,
+    p: float = 1.0,
+    beta: float = 0.1,
+    seed: int = 0,
+    activation: bool = True,
+    lam: float = 1.0,
+) -> PruneReport:
+    """Prunes the checkpoint in ``model`` into ``output``, shard by shard, in Rust.
+
+    ``method`` is a score of :mod:`symprune.ops` (``magnitude``, ``symmetric`` and
+    ``ria``/``lp-ria``/``stochria`` with ``a=0`` need no data; the others read
+    ``stats``, a safetensors file with F32 ``X.in_sq`` / ``X.out_sq`` per weight
+    ``X.weight``). ``sparsity`` with ``group`` (``per-row``, ``per-matrix``,
+    ``adaptive``), or ``pattern="N:M"``. ``targets`` / ``ignore`` are regexes
+    (``re:`` optional) matched anywhere in a tensor or module name; by default the
+    linear weights of the decoder blocks are pruned. ``progress=True`` shows a bar.
+    A re-run after an interruption resumes and gives byte-identical output.
+    """
+    n = m = 0
+    if pattern is not None:
+        from symprune.ops import parse_nm
+
+        n, m = parse_nm(pattern)
+        group = "n:m"
+    raw = _core.prune_checkpoint(
+        str(model),
+        str(output),
+        method,
+        group=group,
+        sparsity=float(sparsity),
+        n=n,
+        m=m,
+        a=a,
+        p=p,
+        beta=beta,
+        seed=seed,
+        activation=activation,
+        lam=lam,
+        targets=_patterns(targets),
+        ignore=_patterns(ignore),
+        stats=None if stats is None else str(stats),
+        overwrite=overwrite,
+        progress=_bar(progress),
+    )
+    data = json.loads(raw)
+    return PruneReport(
+        input=str(model),
+        output=str(output),
+        tensors=[TensorReport(**{**t, "shape": tuple(t["shape"])}) for t in data["tensors"]],
+        sparsity=data["sparsity"],
+        zeros=data["achieved"]["zeros"],
+        numel=data["achieved"]["numel"],
+        bytes_written=data["bytes_written"],
+        resumed_shards=data["resumed_shards"],
+        skipped_files=data["skipped_files"],
+        seconds=data["seconds"],
+        peak_rss_mb=peak_rss_mb(),
+    )
+
+
+@dataclass(frozen=True)
+class TensorSparsity:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    numel: int
+    zeros: int | None
+    selected: bool
+    nm_violations: int | None
+
+    @property
+    def sparsity(self) -> float | None:
+        if self.zeros is None:
+            return None
+        return self.zeros / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """The sparsity of a checkpoint (see :func:`inspect`)."""
+
+    path: str
+    pattern: str | None
+    tensors: list[TensorSparsity]
+    selected_sparsity: float
+    total_sparsity: float
+    nm_ok: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for entry, t in zip(out["tensors"], self.tensors, strict=True):
+            entry["sparsity"] = t.sparsity
+        return out
+
+    def table(self) -> str:
+        """One line per tensor, then the totals."""
+        head = ["tensor", "dtype", "shape", "sparsity"] + ([self.pattern] if self.pattern else [])
+        rows = []
+        for t in self.tensors:
+            row = [
+                t.name + (" *" if t.selected else ""),
+                t.dtype,
+                "x".join(map(str, t.shape)) or "scalar",
+                "-" if t.sparsity is None else f"{t.sparsity:.4f}",
+            ]
+            if self.pattern:
+                v = t.nm_violations
+                row.append("-" if v is None else "ok" if v == 0 else f"{v} groups break it")
+            rows.append(row)
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in [head, *rows]
+        ]
+        lines.append(f"* selected (pruned by default): sparsity {self.selected_sparsity:.4f}")
+        lines.append(f"all tensors: sparsity {self.total_sparsity:.4f}")
+        if self.pattern:
+            verdict = "holds" if self.nm_ok else "does NOT hold"
+            lines.append(f"{self.pattern} {verdict} on every selected tensor")
+        return "\n".join(lines)
+
+
+def inspect(
+    path: str | Path,
+    *,
+    pattern: str | None = None,
+    targets: str | Sequence[str] | None = None,
+    ignore: str | Sequence[str] | None = None,
+) -> Inspection:
+    """Per-tensor sparsity (fraction of exact zeros) of the checkpoint in ``path``;
+    with ``pattern="N:M"`` also how many groups of M inputs break N:M. ``targets`` /
+    ``ignore`` choose the "selected" tensors as in :func:`prune_checkpoint`."""
+    n = m = 0
+    if pattern is not None:
+        from symprune.ops import parse_nm
+
+        n, m = parse_nm(pattern)
+    data = json.loads(_core.inspect(str(path), n, m, _patterns(targets), _patterns(ignore)))
+
+    def ratio(c: dict[str, int]) -> float:
+        return c["zeros"] / c["numel"] if c["numel"] else 0.0
+
+    return Inspection(
+        path=str(path),
+        pattern=data["pattern"],
+        tensors=[TensorSparsity(**{**t, "shape": tuple(t["shape"])}) for t in data["tensors"]],
+        selected_sparsity=ratio(data["selected"]),
+        total_sparsity=ratio(data["total"]),
+        nm_ok=data["nm_ok"],
+    )
+
+
+__all__ = [
+    "MANIFEST",
+    "CheckpointReader",
+    "CheckpointWriter",
+    "Inspection",
+    "PruneReport",
+    "TensorReport",
+    "TensorSparsity",
+    "inspect",
+    "manifest",
+    "peak_rss_mb",
+    "prune_checkpoint",
+    "read_manifest",
+]

@@ -1,0 +1,269 @@
+//! Checkpoint reading, writing, pruning and inspection.
+//!
+//! Reports cross as JSON text (the Python side turns them into dataclasses),
+//! tensors as zero-copy `uint8` views of the memory map that keep the reader
+//! alive, and all file work runs with the GIL released.
+
+use crate::errors::{raise, to_py};
+use numpy::ndarray::ArrayView1;
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::prelude::*;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use symprune_core::checkpoint::manifest::{pattern_by_name, score_by_name};
+use symprune_core::checkpoint::{
+    self as ck, parse_dtype, Checkpoint, MethodParams, Plan, Progress, Selection, WriterOptions,
+};
+
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("reports serialize to JSON")
+}
+
+/// A checkpoint directory, memory-mapped.
+#[pyclass(name = "CheckpointReader", module = "symprune._core", frozen)]
+struct Reader {
+    inner: Checkpoint,
+}
+
+#[pymethods]
+impl Reader {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = py
+            .detach(|| Checkpoint::open(&path))
+            .map_err(|e| to_py(py, e))?;
+        Ok(Reader { inner })
+    }
+
+    /// Tensor names, shard by shard in file order.
+    fn names(&self) -> Vec<String> {
+        self.inner.tensors().map(|(_, t)| t.name.clone()).collect()
+    }
+
+    /// `(dtype, shape)` of a tensor.
+    fn info(&self, py: Python<'_>, name: &str) -> PyResult<(String, Vec<usize>)> {
+        let t = self.inner.tensor(name).map_err(|e| to_py(py, e))?;
+        Ok((t.info.dtype_name(), t.info.shape.clone()))
+    }
+
+    /// Shard file names.
+    fn shards(&self) -> Vec<String> {
+        self.inner.shards.iter().map(|s| s.file.clone()).collect()
+    }
+
+    /// The `__metadata__` of every shard, merged.
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.inner
+            .shards
+            .iter()
+            .filter_map(|s| s.header.metadata.clone())
+            .flatten()
+            .collect()
+    }
+
+    /// A tensor's bytes as a 1-D `uint8` array over the memory map (no copy).
+    /// The map is private: writes through a `writable` view stay in memory.
+    #[pyo3(signature = (name, writable=false))]
+    fn tensor_bytes<'py>(
+        slf: &Bound<'py, Self>,
+        name: &str,
+        writable: bool,
+    ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        let py = slf.py();
+        let t = slf.get().inner.tensor(name).map_err(|e| to_py(py, e))?;
+        let view = ArrayView1::from(t.data);
+        // SAFETY: the bytes live in the reader's memory map, which the array
+        // keeps alive through its base object (the reader, which is frozen).
+        let array = unsafe { PyArray1::borrow_from_array(&view, slf.clone().into_any()) };
+        if !writable {
+            array.getattr("flags")?.setattr("writeable", false)?;
+        }
+        Ok(array)
+    }
+}
+
+/// Writes a pruned copy of a checkpoint (see symprune-core's writer).
+#[pyclass(name = "CheckpointWriter", module = "symprune._core")]
+struct Writer {
+    inner: Option<ck::CheckpointWriter>,
+}
+
+impl Writer {
+    fn get(&mut self, py: Python<'_>) -> PyResult<&mut ck::CheckpointWriter> {
+        self.inner.as_mut().ok_or_else(|| {
+            raise(
+                py,
+                "CheckpointError",
+                "this writer is already finished or aborted".into(),
+            )
+        })
+    }
+}
+
+#[pymethods]
+impl Writer {
+    #[new]
+    #[pyo3(signature = (input, output, overwrite=false, run_key=String::new()))]
+    fn new(
+        py: Python<'_>,
+        input: PathBuf,
+        output: PathBuf,
+        overwrite: bool,
+        run_key: String,
+    ) -> PyResult<Self> {
+        let opts = WriterOptions { overwrite, run_key };
+        let inner = py
+            .detach(|| ck::CheckpointWriter::create(&input, &output, &opts))
+            .map_err(|e| to_py(py, e))?;
+        Ok(Writer { inner: Some(inner) })
+    }
+
+    /// Whether the shard holding `name` was finished by an interrupted run.
+    fn is_resumed(&mut self, py: Python<'_>, name: &str) -> PyResult<bool> {
+        let w = self.get(py)?;
+        Ok(w.input().shard_of(name).is_some_and(|s| w.is_resumed(s)))
+    }
+
+    /// Writes all of a tensor's bytes; `dtype` is the safetensors name of
+    /// the array's element type.
+    fn write_tensor(
+        &mut self,
+        py: Python<'_>,
+        name: &str,
+        dtype: &str,
+        data: PyReadonlyArray1<'_, u8>,
+    ) -> PyResult<()> {
+        let dtype = parse_dtype(dtype).ok_or_else(|| {
+            raise(
+                py,
+                "InvalidInputError",
+                format!("dtype {dtype:?} is not a safetensors dtype"),
+            )
+        })?;
+        let bytes = data.as_slice()?;
+        let w = self.get(py)?;
+        py.detach(|| w.write_tensor(name, dtype, bytes))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Finishes the output; `manifest` is a JSON object of the run's fields.
+    /// Returns the finish report as JSON.
+    fn finish(&mut self, py: Python<'_>, manifest: &str) -> PyResult<String> {
+        let run: Map<String, Value> = serde_json::from_str(manifest).map_err(|e| {
+            raise(
+                py,
+                "InvalidInputError",
+                format!("manifest must be a JSON object: {e}"),
+            )
+        })?;
+        self.get(py)?;
+        let w = self.inner.take().expect("checked above");
+        let report = py.detach(|| w.finish(&run)).map_err(|e| to_py(py, e))?;
+        Ok(json_text(&report))
+    }
+
+    /// Stops without finishing (temporary files removed, finished shards kept).
+    fn abort(&mut self) {
+        if let Some(w) = self.inner.take() {
+            w.abort();
+        }
+    }
+}
+
+/// Prunes a checkpoint directory into another; returns the report as JSON.
+/// `progress(kind, json)` hears `"start"` (`{"tensors": N}`) and `"tensor"`
+/// (one tensor's report); an exception in it (or Ctrl-C) stops the run.
+#[allow(clippy::too_many_arguments)]
+#[pyfunction]
+#[pyo3(signature = (input, output, method, *, group="per-row", sparsity=0.5, n=0, m=0, a=0.5, p=1.0, beta=0.1, seed=0, activation=true, lam=1.0, targets=Vec::new(), ignore=Vec::new(), stats=None, overwrite=false, progress=None))]
+fn prune_checkpoint(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+    method: &str,
+    group: &str,
+    sparsity: f64,
+    n: usize,
+    m: usize,
+    a: f64,
+    p: f64,
+    beta: f64,
+    seed: u64,
+    activation: bool,
+    lam: f64,
+    targets: Vec<String>,
+    ignore: Vec<String>,
+    stats: Option<PathBuf>,
+    overwrite: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    let params = MethodParams {
+        a,
+        p,
+        beta,
+        seed,
+        activation,
+        lambda: lam,
+    };
+    let plan = Plan {
+        score: score_by_name(method, &params).map_err(|e| to_py(py, e))?,
+        pattern: pattern_by_name(group, sparsity, n, m).map_err(|e| to_py(py, e))?,
+        selection: Selection::new(&targets, &ignore).map_err(|e| to_py(py, e))?,
+        stats,
+        overwrite,
+    };
+    let mut failure: Option<PyErr> = None;
+    let mut on_progress = |event: Progress| -> bool {
+        Python::attach(|py| {
+            let (kind, payload) = match event {
+                Progress::Start { tensors } => ("start", format!("{{\"tensors\": {tensors}}}")),
+                Progress::Tensor(report) => ("tensor", json_text(report)),
+            };
+            let called = match &progress {
+                Some(callback) => callback.call1(py, (kind, payload)).map(drop),
+                None => Ok(()),
+            };
+            match called.and_then(|()| py.check_signals()) {
+                Ok(()) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        })
+    };
+    let result = py.detach(|| ck::prune_checkpoint(&input, &output, &plan, &mut on_progress));
+    match (result, failure) {
+        (Ok(report), _) => Ok(json_text(&report)),
+        (Err(_), Some(stopped)) => Err(stopped),
+        (Err(e), None) => Err(to_py(py, e)),
+    }
+}
+
+/// Per-tensor sparsity of a checkpoint (and an N:M check when `n`, `m` > 0),
+/// as JSON.
+#[pyfunction]
+#[pyo3(signature = (path, n=0, m=0, targets=Vec::new(), ignore=Vec::new()))]
+fn inspect(
+    py: Python<'_>,
+    path: PathBuf,
+    n: usize,
+    m: usize,
+    targets: Vec<String>,
+    ignore: Vec<String>,
+) -> PyResult<String> {
+    let selection = Selection::new(&targets, &ignore).map_err(|e| to_py(py, e))?;
+    let nm = (n > 0 || m > 0).then_some((n, m));
+    py.detach(|| ck::inspect(&path, nm, &selection))
+        .map(|r| json_text(&r))
+        .map_err(|e| to_py(py, e))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Reader>()?;
+    m.add_class::<Writer>()?;
+    m.add_function(wrap_pyfunction!(prune_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    Ok(())
+}

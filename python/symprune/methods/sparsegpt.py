@@ -1,0 +1,76 @@
+"""SparseGPT (methods.md §6): OBS pruning with lazy batched weight updates.
+
+Float32 on the weight's device (the GPU when there is one). Unstructured
+selection is per block of ``blocksize`` columns, as in the reference: the
+``floor(s · rows · block)`` smallest ``w² / [H⁻¹]_jj²`` of the block (exact
+count, ties by row-major index); N:M picks per group at every ``i % M == 0``
+on the already-updated weights. The weight is updated in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from symprune import ops
+from symprune.errors import InvalidInputError
+from symprune.methods import PruneSettings, register
+
+
+@register("sparsegpt", needs_hessian=True, updates_weights=True)
+def sparsegpt(
+    weight: torch.Tensor,
+    stats: dict[str, np.ndarray],
+    hessian: torch.Tensor,
+    settings: PruneSettings,
+    tensor: str,
+) -> np.ndarray:
+    blocksize = int(settings.params.get("blocksize", 128))
+    percdamp = float(settings.params.get("percdamp", 0.01))
+    n, m = ops.parse_nm(settings.pattern) if settings.pattern else (0, 0)
+    if settings.pattern and weight.shape[1] % m:
+        raise InvalidInputError(
+            f"{tensor}: {weight.shape[1]} input columns are not a multiple "
+            f"of M = {m}; use another pattern or exclude this tensor"
+        )
+    w = weight.detach().float().clone()
+    h = hessian.to(w.device, torch.float32).clone()
+    rows, cols = w.shape
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    diag = torch.arange(cols, device=w.device)
+    h[diag, diag] += percdamp * torch.mean(torch.diag(h))
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    mask = torch.zeros_like(w, dtype=torch.bool)
+
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        w1 = w[:, i1:i2].clone()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        d1 = torch.diag(hinv1)
+        mask1 = torch.zeros_like(w1, dtype=torch.bool)
+        if not n:
+            k = int(settings.sparsity * rows * count)
+            order = torch.argsort((w1**2 / d1.reshape(1, -1) ** 2).flatten(), stable=True)
+            mask1.view(-1)[order[:k]] = True
+        for i in range(count):
+            if n and i % m == 0:
+                tmp = w1[:, i : i + m] ** 2 / d1[i : i + m].reshape(1, -1) ** 2
+                mask1.scatter_(1, i + torch.argsort(tmp, dim=1, stable=True)[:, :n], True)
+            col = w1[:, i]
+            q = col.clone()
+            q[mask1[:, i]] = 0
+            q1[:, i] = q
+            e = (col - q) / hinv1[i, i]
+            w1[:, i:] -= e.unsqueeze(1).matmul(hinv1[i, i:].unsqueeze(0))
+            err1[:, i] = e
+        w[:, i1:i2] = q1
+        w[:, i2:] -= err1.matmul(hinv[i1:i2, i2:])
+        mask[:, i1:i2] = mask1
+
+    weight.copy_(w.to(weight.dtype))
+    return mask.cpu().numpy()

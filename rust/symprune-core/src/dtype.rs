@@ -103,11 +103,22 @@ impl<'a, T: Element> MatRef<'a, T> {
 
     /// Fails with [`Error::NonFinite`] at the first NaN/Inf (in row-major order).
     pub fn ensure_finite(&self, arg: &str) -> Result<()> {
-        let cols = self.cols.max(1);
+        // Whole blocks first: the all-finite case is then a vectorized scan,
+        // and only the first bad block is searched element by element.
+        const BLOCK: usize = 1 << 14;
+        let finite = |b: &[T]| b.iter().fold(true, |ok, v| ok & v.to_f32().is_finite());
         let bad = self
             .data
-            .par_iter()
-            .position_first(|v| !v.to_f32().is_finite());
+            .par_chunks(BLOCK)
+            .position_first(|b| !finite(b))
+            .and_then(|b| {
+                let start = b * BLOCK;
+                let offset = self.data[start..]
+                    .iter()
+                    .position(|v| !v.to_f32().is_finite());
+                offset.map(|o| start + o)
+            });
+        let cols = self.cols.max(1);
         match bad {
             None => Ok(()),
             Some(pos) => Err(Error::NonFinite {

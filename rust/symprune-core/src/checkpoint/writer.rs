@@ -315,8 +315,9 @@ impl CheckpointWriter {
             ));
         }
         let tmp = temp_path(&self.out, &self.input.shards[s].file);
-        file.write_all_at(bytes, (file_offset + offset) as u64)
-            .map_err(Error::io(&tmp))?;
+        let at = (file_offset + offset) as u64;
+        file.write_all_at(bytes, at).map_err(Error::io(&tmp))?;
+        start_writeback(file, at, bytes.len() as u64);
         let part = count_zeros(info.dtype, bytes).unwrap_or(0);
         let count = ZeroCount {
             zeros: zeros.zeros + part,
@@ -364,6 +365,7 @@ impl CheckpointWriter {
             if start > pos {
                 copy_range(shard.handle(), file, pos as u64, (start - pos) as u64)
                     .map_err(Error::io(&tmp))?;
+                start_writeback(file, pos as u64, (start - pos) as u64);
                 self.bytes_written += (start - pos) as u64;
             }
             pos = end;
@@ -515,6 +517,26 @@ fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<(
     }
     Ok(())
 }
+
+/// Starts writing a range to disk without waiting for it, so that the fsync
+/// closing the shard finds little left to do while pruning goes on.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an open descriptor; the call only schedules I/O, and a failure
+    // just leaves the work to the fsync.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File, _: u64, _: u64) {}
 
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

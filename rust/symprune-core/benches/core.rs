@@ -1,6 +1,7 @@
-//! Criterion benches: score + per-row mask + N:M mask on LLaMA-7B shapes.
+//! Criterion benches: score + per-row mask + N:M mask + DSnoT on LLaMA-7B shapes.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
+use symprune_core::dsnot::{self, Layout, RefineStats};
 use symprune_core::{mask, score, ActStats, MatRef, Pattern, Score};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -41,6 +42,26 @@ fn benches(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("per_matrix_mask_50", &id), |b| {
             b.iter(|| mask::compute(sm, Pattern::PerMatrix { sparsity: 0.5 }, "s").unwrap())
+        });
+        let start = mask::compute(sm, Pattern::PerRow { sparsity: 0.6 }, "s").unwrap();
+        let sum: Vec<f32> = random(cols, 3).iter().map(|v| v * 10.0).collect();
+        let var: Vec<f32> = random(cols, 4).iter().map(|v| v.abs() + 0.01).collect();
+        let rs = RefineStats {
+            in_sq: &sq,
+            sum: &sum,
+            var: &var,
+        };
+        group.bench_function(BenchmarkId::new("dsnot_60_wanda_start", &id), |b| {
+            b.iter(|| {
+                let p = dsnot::Dsnot::default();
+                dsnot::dsnot(m, rs, &start, Layout::PerRow, None, &p, "w").unwrap()
+            })
+        });
+        group.bench_function(BenchmarkId::new("r2dsnot_60_wanda_start", &id), |b| {
+            b.iter(|| {
+                let p = dsnot::R2Dsnot::default();
+                dsnot::r2dsnot(m, rs, &start, Layout::PerRow, &p, "w").unwrap()
+            })
         });
     }
     group.finish();

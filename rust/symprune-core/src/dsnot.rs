@@ -655,41 +655,44 @@ impl<T: Element> Engine<'_, T> {
                 value: d[j],
             });
         }
+        // One branch-free pass: the initial mask is random to the branch
+        // predictor, so entries are written unconditionally and counted in.
+        let per_row = self.layout == Layout::PerRow;
+        grow_order.resize(cols, 0);
+        prune_order.resize(cols, 0);
+        let (mut grown, mut prunable) = (0, 0);
         let mut err = 0.0f64;
-        grow_order.clear();
-        for j in (0..cols).filter(|&j| init[j]) {
-            err += f64::from(d[j]);
-            let g = self.grow_score(i, j, row[j].to_f32().abs(), d[j]);
-            grow_order.push(ascending(g, j));
+        for j in 0..cols {
+            let (x, pruned) = (row[j].to_f32().abs(), init[j]);
+            // `d` is finite, so `· 0` adds an exact zero.
+            err += f64::from(d[j]) * f64::from(u8::from(pruned));
+            grow_order[grown] = ascending(self.grow_score(i, j, x, d[j]), j);
+            grown += usize::from(pruned);
+            if per_row {
+                let score = self.prune_score(i, j, x);
+                let (asc, desc) = (ascending(score, j), descending(score, j));
+                let negative = u64::from(d[j] < 0.0).wrapping_neg();
+                prune_order[prunable] = desc ^ ((asc ^ desc) & negative);
+                prunable += usize::from(!pruned & (d[j] != 0.0));
+            }
         }
+        grow_order.truncate(grown);
+        prune_order.truncate(prunable);
         let sign0 = sign(err);
         sort_ends(grow_order, rule.max_cycles);
-        prune_order.clear();
-        match self.layout {
-            Layout::PerRow => {
-                for j in (0..cols).filter(|&j| !init[j] && d[j] != 0.0) {
-                    let score = self.prune_score(i, j, row[j].to_f32().abs());
-                    prune_order.push(if d[j] < 0.0 {
-                        ascending(score, j)
-                    } else {
-                        descending(score, j)
-                    });
-                }
-                sort_ends(prune_order, rule.max_cycles);
-            }
-            Layout::NM { .. } => {
-                passed.clear();
-                passed.resize(cols, false);
-            }
+        sort_ends(prune_order, rule.max_cycles);
+        if !per_row {
+            passed.clear();
+            passed.resize(cols, false);
         }
 
         // R²'s objective: the penalty sum `q` and the start values.
         let wanda = |j: usize| row[j].to_f32().abs() * self.norm[j];
         let mut q = 0.0f64;
         let objective = rule.objective.map(|(gamma, p)| {
-            q = (0..cols)
-                .filter(|&j| init[j])
-                .fold(0.0, |q, j| q + lp_term(wanda(j), p));
+            q = (0..cols).fold(0.0, |q, j| {
+                q + if init[j] { lp_term(wanda(j), p) } else { 0.0 }
+            });
             let mut o = Objective {
                 gamma,
                 p,

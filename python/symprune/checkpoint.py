@@ -155,7 +155,8 @@ class CheckpointWriter:
     :meth:`finish`. As a context manager it finishes on a clean exit and
     aborts on an exception, which leaves nothing that looks finished: temporary
     files go, shards already completed stay with a journal, and a writer with
-    the same ``run_key`` on the same input resumes from them.
+    the same non-empty ``run_key`` (a string naming the pruning settings) on the
+    same input resumes from them; without a key nothing is ever resumed.
     ``overwrite`` replaces a finished output (or an interrupted run of other
     settings). The input directory is never written to.
     """

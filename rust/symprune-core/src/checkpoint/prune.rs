@@ -379,7 +379,7 @@ pub fn prune_checkpoint(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::reader::tests::file;
     use crate::checkpoint::{index::INDEX_FILE, manifest::MANIFEST_FILE};
@@ -416,7 +416,7 @@ mod tests {
     }
 
     /// Two shards (BF16 and F32 linears, an I8 tensor, norms), an index and a config.
-    fn checkpoint(dir: &Path) {
+    pub(crate) fn checkpoint(dir: &Path) {
         fs::create_dir_all(dir).unwrap();
         let f32_bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         shard(

@@ -50,7 +50,7 @@ pub struct WriterOptions {
     /// Replace a finished output, or discard an interrupted run of other settings.
     pub overwrite: bool,
     /// Identifies the run's settings: an interrupted run is resumed only by a
-    /// writer with the same key (and the same input).
+    /// writer with the same, non-empty key (and the same input).
     pub run_key: String,
 }
 
@@ -155,7 +155,9 @@ impl CheckpointWriter {
             clear_output(&out)?;
         } else if journal_path.exists() {
             match previous {
-                Some(p) if p.input == journal.input && p.run == journal.run => {
+                Some(p)
+                    if !p.run.is_empty() && p.input == journal.input && p.run == journal.run =>
+                {
                     journal.done = p.done;
                 }
                 // Nothing finished yet means nothing to lose.
@@ -165,8 +167,8 @@ impl CheckpointWriter {
                     return Err(Error::checkpoint(
                         &out,
                         format!(
-                            "holds an interrupted run with other settings or another input; \
-                             rerun with the same settings to resume it, or {again}"
+                            "holds an interrupted run with other settings, of another input, \
+                             or without a run key; rerun the same command to resume it, or {again}"
                         ),
                     ))
                 }
@@ -612,4 +614,36 @@ fn fingerprint(input: &Checkpoint) -> Result<String> {
         text.extend_from_slice(shard.header_bytes());
     }
     Ok(format!("{:016x}", fnv1a64(&text)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::prune::tests::checkpoint;
+
+    #[test]
+    fn resumes_only_with_the_same_nonempty_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
+        checkpoint(&input);
+        let open = |key: &str, overwrite| {
+            let opts = WriterOptions {
+                overwrite,
+                run_key: key.into(),
+            };
+            CheckpointWriter::create(&input, &out, &opts)
+        };
+        for key in ["", "k"] {
+            let mut w = open(key, true).unwrap();
+            w.close_shard(0).unwrap();
+            w.abort();
+            assert!(out.join(JOURNAL_FILE).exists());
+            match open(key, false) {
+                Ok(w) => assert!(!key.is_empty() && w.is_resumed(0) && !w.is_resumed(1)),
+                Err(e) => assert!(key.is_empty() && e.to_string().contains("without a run key")),
+            }
+        }
+        let e = open("other", false).unwrap_err().to_string();
+        assert!(e.contains("interrupted run with other settings"), "{e}");
+    }
 }

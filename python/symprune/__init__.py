@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from symprune import ops
 from symprune._core import __version__
 from symprune.errors import CheckpointError, InvalidInputError, ModelError, SymPruneError
+
+# The model-level API needs torch and transformers; import it on first use so
+# that `symprune.ops` and the checkpoint tools stay light.
+_LAZY = {"prune", "calibrate", "perplexity"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from symprune import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'symprune' has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointError",
@@ -12,5 +27,8 @@ __all__ = [
     "ModelError",
     "SymPruneError",
     "__version__",
+    "calibrate",
     "ops",
+    "perplexity",
+    "prune",
 ]

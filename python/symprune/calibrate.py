@@ -27,7 +27,7 @@ from torch import nn
 
 STAT_NAMES = ("in_sq", "sum", "var", "out_sq")
 
-# Tokens per float64 chunk: bounds the temporary memory of the upcast.
+# Tokens per float64 upcast (whole sequences, at least one): bounds its memory.
 _CHUNK_TOKENS = 4096
 
 
@@ -51,29 +51,17 @@ class LinearStats:
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Adds a batch: inputs ``x`` (b, t, in) and outputs ``y`` (b, t, out)."""
         b, t = x.shape[0], x.shape[1]
-        for s in range(b):
-            xs, ys = x[s], y[s]
-            sq = torch.zeros(xs.shape[-1], dtype=torch.float64, device=x.device)
-            sm = torch.zeros_like(sq)
-            osq = torch.zeros(ys.shape[-1], dtype=torch.float64, device=x.device)
-            for c in range(0, t, _CHUNK_TOKENS):
-                xc = xs[c : c + _CHUNK_TOKENS].double()
-                yc = ys[c : c + _CHUNK_TOKENS].double()
-                sq += (xc * xc).sum(0)
-                sm += xc.sum(0)
-                osq += (yc * yc).sum(0)
-            # Population variance of this sequence, from its own mean.
-            var = torch.zeros_like(sq)
-            mean = sm / t
-            for c in range(0, t, _CHUNK_TOKENS):
-                d = xs[c : c + _CHUNK_TOKENS].double() - mean
-                var += (d * d).sum(0)
-            self._acc("in_sq", sq)
-            self._acc("sum", sm)
-            self._acc("var", var)  # = t · popvar
-            self._acc("out_sq", osq)
+        group = max(1, _CHUNK_TOKENS // t)  # sequences per float64 upcast
+        for s in range(0, b, group):
+            xd = x[s : s + group].double()
+            yd = y[s : s + group].double()
+            var, mean = torch.var_mean(xd, dim=1, unbiased=False)
+            self._acc("in_sq", (xd * xd).sum(dim=(0, 1)))
+            self._acc("sum", (mean * t).sum(0))
+            self._acc("var", (var * t).sum(0))  # Σ_seq t · popvar_seq
+            self._acc("out_sq", (yd * yd).sum(dim=(0, 1)))
             if self.hessian:
-                xf = xs.float()
+                xf = x[s : s + group].reshape(-1, x.shape[-1]).float()
                 self._acc("hessian", xf.t() @ xf)
         self.sequences += b
         self.tokens += b * t

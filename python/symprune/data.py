@@ -202,6 +202,31 @@ def read_text(source: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def token_ids(model_dir: Path, text: str) -> list[int]:
+    """``text`` tokenized once with the model's tokenizer (its defaults), cached on disk.
+
+    The cache key covers the tokenizer files and the text, so a changed
+    tokenizer or corpus re-tokenizes.
+    """
+    import numpy as np
+
+    digest = hashlib.sha256(text.encode("utf-8"))
+    for name in sorted(p.name for p in Path(model_dir).glob("*token*")):
+        digest.update(name.encode() + (Path(model_dir) / name).read_bytes())
+    path = cache_dir() / "tokens" / f"{digest.hexdigest()[:32]}.npy"
+    if path.is_file():
+        return np.load(path).tolist()
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(model_dir)(text, return_tensors=None)["input_ids"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(ids, dtype=np.int64))
+    os.replace(tmp, path)
+    return ids
+
+
 def calibration_windows(
     ids: list[int], nsamples: int, seqlen: int, seed: int = 0
 ) -> list[list[int]]:

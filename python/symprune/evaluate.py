@@ -20,10 +20,7 @@ from symprune.streaming import StreamedModel
 
 
 def test_ids(model_dir: Path, text: str, seqlen: int, max_windows: int | None) -> torch.Tensor:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = tokenizer(text, return_tensors=None)["input_ids"]
+    ids = data.token_ids(model_dir, text)
     return torch.tensor(data.test_windows(ids, seqlen, max_windows))
 
 

@@ -112,15 +112,11 @@ def default_device() -> str:
 
 def calibration_ids(model_dir: Path, calib: Calibration) -> torch.Tensor:
     """The ``(nsamples, seqlen)`` calibration windows, tokenized with the model's tokenizer."""
-    from transformers import AutoTokenizer
-
-    text = (
-        data.builtin_corpus().calibration
-        if calib.source == "builtin"
-        else data.read_text(calib.source)
-    )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = tokenizer(text, return_tensors=None)["input_ids"]
+    if calib.source == "builtin":
+        text = data.builtin_corpus().calibration
+    else:
+        text = data.read_text(calib.source)
+    ids = data.token_ids(model_dir, text)
     return torch.tensor(data.calibration_windows(ids, calib.nsamples, calib.seqlen, calib.seed))
 
 
@@ -358,7 +354,7 @@ def pruning_step(
             hessian = stats[rel].hessian_matrix() if spec.needs_hessian else None
             mask = spec.fn(weight, st, hessian, settings, tensor)
             if refiner is not None:
-                mask = refiner(weight, mask, st, settings, refine_params)
+                mask = refiner(weight, mask, st, settings, refine_params, tensor)
             weight.masked_fill_(torch.from_numpy(mask).to(weight.device), 0)
             zeros = int((weight == 0).sum())
             report.tensors.append(TensorRecord(tensor, tuple(weight.shape), zeros / weight.numel()))

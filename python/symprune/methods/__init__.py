@@ -34,8 +34,10 @@ class PruneSettings:
 
 # weight (torch, (out, in), on the compute device), stats, hessian-or-None, settings, tensor name
 MethodFn = Callable[[torch.Tensor, dict[str, np.ndarray], Any, PruneSettings, str], np.ndarray]
+# weight, initial mask, stats, settings, refinement params, tensor name
 RefineFn = Callable[
-    [torch.Tensor, np.ndarray, dict[str, np.ndarray], PruneSettings, dict[str, Any]], np.ndarray
+    [torch.Tensor, np.ndarray, dict[str, np.ndarray], PruneSettings, dict[str, Any], str],
+    np.ndarray,
 ]
 
 
@@ -89,4 +91,4 @@ def get_refiner(name: str) -> RefineFn:
 
 
 # Importing the families registers them.
-from symprune.methods import scores, sparsegpt  # noqa: E402, F401
+from symprune.methods import refine, scores, sparsegpt  # noqa: E402, F401

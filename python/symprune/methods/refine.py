@@ -1,0 +1,70 @@
+"""Training-free mask refinement (methods.md §5, §7): DSnoT and R²-DSnoT, in Rust.
+
+Both keep every row's count (and N:M) and never change weights; after
+SparseGPT they run on its updated weights, as the reference does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from symprune import ops
+from symprune.errors import InvalidInputError
+from symprune.methods import PruneSettings, register_refiner
+
+_DSNOT = {"max_cycles", "threshold", "var_power", "same_sign"}
+_R2DSNOT = _DSNOT | {"ri_phase", "alpha", "gamma", "p", "on_reject"}
+
+
+def _checked(name: str, params: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+    unknown = set(params) - allowed
+    if unknown:
+        raise InvalidInputError(
+            f"{name}: unknown parameters {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
+    return params
+
+
+@register_refiner("dsnot")
+def dsnot(
+    weight: torch.Tensor,
+    mask: np.ndarray,
+    stats: dict[str, np.ndarray],
+    settings: PruneSettings,
+    params: dict[str, Any],
+    tensor: str = "",
+) -> np.ndarray:
+    return ops.dsnot(
+        weight.detach().cpu(),
+        mask,
+        stats["in_sq"],
+        stats["sum"],
+        stats["var"],
+        pattern=settings.pattern,
+        tensor=tensor,
+        **_checked("dsnot", params, _DSNOT),
+    )
+
+
+@register_refiner("r2dsnot")
+def r2dsnot(
+    weight: torch.Tensor,
+    mask: np.ndarray,
+    stats: dict[str, np.ndarray],
+    settings: PruneSettings,
+    params: dict[str, Any],
+    tensor: str = "",
+) -> np.ndarray:
+    return ops.r2dsnot(
+        weight.detach().cpu(),
+        mask,
+        stats["in_sq"],
+        stats["sum"],
+        stats["var"],
+        pattern=settings.pattern,
+        tensor=tensor,
+        **_checked("r2dsnot", params, _R2DSNOT),
+    )

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from reference.checkpoints import LINEAR, SHARDS, tiny_llama, tree_digest
+from reference.checkpoints import LINEAR, SHARDS, entry, safetensors_bytes, tiny_llama, tree_digest
 from symprune import CheckpointError, InvalidInputError, __version__, ops
 from symprune.checkpoint import (
     CheckpointReader,
@@ -183,6 +183,18 @@ def test_reader_views(tiny):
         assert view.tobytes() == want.contiguous().view(torch.uint8).numpy().tobytes()
     with pytest.raises(CheckpointError, match="tensor nope: is not in this checkpoint"):
         reader.numpy("nope")
+
+
+def test_shards_larger_than_memory_open(tmp_path):
+    size = 64 * 2**30  # more than the memory of the machines this runs on
+    raw = safetensors_bytes({"big": entry("U8", [size], 0, size)}, b"")
+    (tmp_path / "big").mkdir()
+    with open(tmp_path / "big" / "model.safetensors", "wb") as f:
+        f.write(raw)
+        f.truncate(len(raw) + size)  # sparse: takes no disk
+    reader = CheckpointReader(tmp_path / "big")
+    view = reader.numpy("big")
+    assert view.shape == (size,) and view[-1] == 0 and not view.flags.writeable
 
 
 def test_python_writer_matches_the_engine(tiny, tmp_path):

@@ -84,15 +84,15 @@ def peak_rss_mb() -> float:
 class CheckpointReader:
     """A checkpoint directory, memory-mapped; tensors are read one at a time.
 
-    Arrays share memory with the map (a private one: nothing ever reaches the
-    file). numpy views are read-only unless ``writable=True``; torch tensors
-    are writable views, and writes are seen by later reads of the same tensor.
+    :meth:`numpy` returns read-only views of the map (no copy); :meth:`torch`
+    returns a tensor of its own (one copy), since torch has no read-only tensors.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._core = _core.CheckpointReader(str(self.path))
         self._names = self._core.names()
+        self._known = set(self._names)
 
     def names(self) -> list[str]:
         """Tensor names, shard by shard in file order."""
@@ -105,7 +105,7 @@ class CheckpointReader:
         return iter(self._names)
 
     def __contains__(self, name: object) -> bool:
-        return name in set(self._names)
+        return name in self._known
 
     def dtype(self, name: str) -> str:
         """The safetensors dtype name (``"BF16"``, ``"I8"``, ...)."""
@@ -123,28 +123,23 @@ class CheckpointReader:
         """The ``__metadata__`` of the shards, merged."""
         return self._core.metadata()
 
-    def numpy(self, name: str, *, writable: bool = False) -> np.ndarray:
-        """A zero-copy numpy view; BF16 and F8 come as their raw bits (uint16 / uint8)."""
+    def numpy(self, name: str) -> np.ndarray:
+        """A read-only view (no copy); BF16 and F8 come as their raw bits (uint16 / uint8)."""
         dtype, shape = self._core.info(name)
-        raw = self._core.tensor_bytes(name, writable)
+        raw = self._core.tensor_bytes(name)
         if dtype not in _NUMPY:  # sub-byte formats (F4, F6): packed bytes
             return raw
         return raw.view(_NUMPY[dtype]).reshape(shape)
 
     def torch(self, name: str) -> Any:
-        """A zero-copy torch tensor of the stored dtype (bfloat16 included)."""
+        """A copy as a torch tensor of the stored dtype (bfloat16 included)."""
         import torch
 
         dtype, shape = self._core.info(name)
         if dtype not in _NUMPY:
             raise InvalidInputError(f"{name}: dtype {dtype} has no torch equivalent; use numpy()")
-        raw = self._core.tensor_bytes(name, True)
-        target = _torch_dtype(dtype)
-        if dtype == "BF16":
-            return torch.from_numpy(raw.view(np.int16)).view(target).reshape(shape)
-        if _NUMPY[dtype] is np.uint8 and dtype != "U8":
-            return torch.from_numpy(raw).view(target).reshape(shape)
-        return torch.from_numpy(raw.view(_NUMPY[dtype])).reshape(shape)
+        raw = self._core.tensor_bytes(name).copy()  # torch has no read-only tensors
+        return torch.from_numpy(raw).view(_torch_dtype(dtype)).reshape(shape)
 
 
 class CheckpointWriter:

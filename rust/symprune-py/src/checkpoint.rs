@@ -62,23 +62,17 @@ impl Reader {
             .collect()
     }
 
-    /// A tensor's bytes as a 1-D `uint8` array over the memory map (no copy).
-    /// The map is private: writes through a `writable` view stay in memory.
-    #[pyo3(signature = (name, writable=false))]
-    fn tensor_bytes<'py>(
-        slf: &Bound<'py, Self>,
-        name: &str,
-        writable: bool,
-    ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    /// A tensor's bytes as a read-only 1-D `uint8` array over the memory map
+    /// (no copy).
+    fn tensor_bytes<'py>(slf: &Bound<'py, Self>, name: &str) -> PyResult<Bound<'py, PyArray1<u8>>> {
         let py = slf.py();
         let t = slf.get().inner.tensor(name).map_err(|e| to_py(py, e))?;
         let view = ArrayView1::from(t.data);
         // SAFETY: the bytes live in the reader's memory map, which the array
-        // keeps alive through its base object (the reader, which is frozen).
+        // keeps alive through its base object (the reader, which is frozen);
+        // the map is read-only, so the array is too.
         let array = unsafe { PyArray1::borrow_from_array(&view, slf.clone().into_any()) };
-        if !writable {
-            array.getattr("flags")?.setattr("writeable", false)?;
-        }
+        array.getattr("flags")?.setattr("writeable", false)?;
         Ok(array)
     }
 }

@@ -6,7 +6,7 @@
 use super::index::{Index, INDEX_FILE};
 use super::{first_duplicate, JsonEntries};
 use crate::error::{Error, Result};
-use memmap2::{MmapMut, MmapOptions, UncheckedAdvice};
+use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
 use safetensors::Dtype;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -223,9 +223,9 @@ pub struct Shard {
     pub path: PathBuf,
     pub header: Header,
     handle: File,
-    // A private (copy-on-write) map: Python may hand out writable views, and
-    // a write must never reach the input file.
-    map: MmapMut,
+    // Shared and read-only: a private writable map would be charged in full
+    // against the commit limit, and fails for shards larger than RAM.
+    map: Mmap,
     lookup: HashMap<String, usize>,
 }
 
@@ -238,10 +238,9 @@ impl Shard {
             // Report it like any other short header (an empty file cannot be mapped).
             parse_header(&[0u8; 8][..len as usize], path)?;
         }
-        // SAFETY: the map is private, so our writes never reach the file; a
-        // concurrent truncation of the input by another process would fault,
-        // as with every memory-mapped reader.
-        let map = unsafe { MmapOptions::new().map_copy(&handle) }.map_err(Error::io(path))?;
+        // SAFETY: the map is read-only; a concurrent truncation of the input
+        // by another process would fault, as with every memory-mapped reader.
+        let map = unsafe { MmapOptions::new().map(&handle) }.map_err(Error::io(path))?;
         let header = parse_header(&map, path)?;
         let lookup = header
             .tensors
@@ -309,9 +308,9 @@ impl Shard {
             return;
         }
         let len = len.min(self.map.len() - start);
-        // SAFETY: symprune never writes through the engine's maps, so the
-        // pages dropped here hold exactly the file's bytes and reading them
-        // again gives the same values. A failure only costs memory.
+        // SAFETY: the map is read-only and file-backed, so the dropped pages
+        // hold exactly the file's bytes and reading them again gives the same
+        // values. A failure only costs memory.
         let _ = unsafe {
             self.map
                 .unchecked_advise_range(UncheckedAdvice::DontNeed, start, len)

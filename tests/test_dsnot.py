@@ -43,6 +43,9 @@ R2 = [
 ]
 
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
 def random_layer(rows: int, cols: int, seed: int):
     """Weights and plausible statistics; two channels have zero variance."""
     rng = np.random.default_rng(seed)
@@ -83,14 +86,12 @@ def err_pen(w, mask, in_sq, act_sum, p=1.0):
     return (d * mask).sum(axis=1), ((s**p) * mask).sum(axis=1) ** (1 / p)
 
 
-@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,cols,pattern", SHAPES)
 def test_dsnot_matches_reference(rows, cols, pattern, dtype):
     w, in_sq, act_sum, act_var = random_layer(rows, cols, seed=rows * cols)
-    weight = torch.from_numpy(w)
-    if dtype == "bf16":
-        weight = weight.to(torch.bfloat16)
-        w = weight.float().numpy()
+    weight = torch.from_numpy(w).to(DTYPES[dtype])
+    w = weight.float().numpy()
     start = ops.mask(ops.wanda(weight, in_sq), 0.6, pattern=pattern)
     for params in DSNOT:
         out, report = ops.dsnot(
@@ -103,14 +104,12 @@ def test_dsnot_matches_reference(rows, cols, pattern, dtype):
     assert any(r.swaps for r in expect)
 
 
-@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,cols,pattern", SHAPES)
 def test_r2dsnot_matches_reference(rows, cols, pattern, dtype):
     w, in_sq, act_sum, act_var = random_layer(rows, cols, seed=rows + cols)
-    weight = torch.from_numpy(w)
-    if dtype == "bf16":
-        weight = weight.to(torch.bfloat16)
-        w = weight.float().numpy()
+    weight = torch.from_numpy(w).to(DTYPES[dtype])
+    w = weight.float().numpy()
     start = ops.mask(ops.wanda(weight, in_sq), 0.6, pattern=pattern)
     swaps = 0
     for params in R2:

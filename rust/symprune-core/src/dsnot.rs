@@ -58,8 +58,18 @@
 //! the pointer leaves its sign region (prune head: `D < 0`, prune tail:
 //! `D > 0`, grow head: `G < 0`, grow tail: `G > 0`; `G = 0` is never a
 //! candidate); an N:M group without an unused kept weight counts as a
-//! rejection. A stopped row never restarts; every row runs at most
-//! `max_cycles` cycles.
+//! rejection. A stopped row never restarts and its mask is left alone (the
+//! reference keeps moving a stopped row's pointers and rewrites the mask at
+//! them, which changes nothing unless they reach a kept weight). Every row
+//! runs at most `max_cycles` cycles.
+//!
+//! # Input
+//!
+//! Refused with an error naming the argument: a NaN/Inf weight or statistic,
+//! a statistic of the wrong length, a negative `in_sq` or `var`, `W · sum`
+//! overflowing f32, an initial mask of the wrong size, with unequal row
+//! counts (unstructured) or not exactly N:M, `threshold < 0`, and parameters
+//! out of their domain (`var_power`, `α`, `γ` ≥ 0; `p` > 0; all finite).
 //!
 //! # Numerics (what a reference must do to match bit for bit)
 //!
@@ -185,9 +195,10 @@ impl Default for R2Dsnot {
 pub struct Report {
     /// Accepted swaps, per row.
     pub swaps: Vec<u32>,
-    /// Rows that stopped before `max_cycles` (any reason).
+    /// Rows that stopped (any reason) instead of running out of cycles.
     pub rows_stopped: usize,
-    /// Cycles run: the most any row was active for.
+    /// Cycles run: the most any row entered (a row counts the cycle it stops
+    /// in), i.e. the reference's cycle counter.
     pub cycles: usize,
 }
 
@@ -690,8 +701,10 @@ impl<T: Element> Engine<'_, T> {
         let wanda = |j: usize| row[j].to_f32().abs() * self.norm[j];
         let mut q = 0.0f64;
         let objective = rule.objective.map(|(gamma, p)| {
+            // Branch-free, as above; a bit mask keeps an infinite term out of 0 · inf.
             q = (0..cols).fold(0.0, |q, j| {
-                q + if init[j] { lp_term(wanda(j), p) } else { 0.0 }
+                let keep = u64::from(init[j]).wrapping_neg();
+                q + f64::from_bits(lp_term(wanda(j), p).to_bits() & keep)
             });
             let mut o = Objective {
                 gamma,

@@ -230,6 +230,7 @@ def test_bad_input_is_refused():
     fails("on_reject", fn=ops.r2dsnot, on_reject="retry")
     fails("gamma", fn=ops.r2dsnot, gamma=-1.0)
     fails("threshold", threshold=float("nan"))
+    fails("max_cycles: -1 must be >= 0", max_cycles=-1)
     fails(
         "initial_scores",
         w,

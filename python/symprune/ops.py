@@ -255,7 +255,10 @@ def _refine_inputs(
     act_sum: Vector,
     act_var: Vector,
     pattern: str | None,
+    max_cycles: int,
 ) -> tuple[Any, ...]:
+    if max_cycles < 0:
+        raise InvalidInputError(f"max_cycles: {max_cycles} must be >= 0")
     arr, dtype = as_matrix(weight, "weight")
     m = np.asarray(prune_mask.numpy() if _is_torch(prune_mask) else prune_mask)
     if m.dtype != np.bool_ or m.shape != arr.shape:
@@ -338,7 +341,7 @@ def dsnot(
     ``return_report=True``.
     """
     arr, dtype, m, sq, sm, var, n, mm = _refine_inputs(
-        weight, prune_mask, in_sq, act_sum, act_var, pattern
+        weight, prune_mask, in_sq, act_sum, act_var, pattern, max_cycles
     )
     init = None
     if initial_scores is not None:
@@ -445,7 +448,7 @@ def r2dsnot(
     if on_reject not in ON_REJECT:
         raise InvalidInputError(f"on_reject {on_reject!r} is not one of {', '.join(ON_REJECT)}")
     arr, dtype, m, sq, sm, var, n, mm = _refine_inputs(
-        weight, prune_mask, in_sq, act_sum, act_var, pattern
+        weight, prune_mask, in_sq, act_sum, act_var, pattern, max_cycles
     )
     mask, report = _core.r2dsnot(
         arr,

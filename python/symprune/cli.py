@@ -17,20 +17,53 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from symprune import __version__, checkpoint
-from symprune.errors import SymPruneError
+from symprune.errors import InvalidInputError, SymPruneError
+
+
+def _calibration_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration (data-aware methods)")
+    g.add_argument(
+        "--calib",
+        default="builtin",
+        metavar="builtin|FILE",
+        help="calibration text: builtin (Wikipedia), a .txt or a .jsonl file",
+    )
+    g.add_argument("--nsamples", type=int, help="calibration windows (default 128 GPU, 16 CPU)")
+    g.add_argument("--seqlen", type=int, help="tokens per window (default 2048 GPU, 512 CPU)")
+    g.add_argument("--seed", type=int, default=0, help="window draw (and stochria) seed")
+    g.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    g.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    g.add_argument(
+        "--offload-activations",
+        action="store_true",
+        help="keep calibration activations on the CPU while layers run on the GPU",
+    )
 
 
 def add_prune(sub: Any) -> None:
     p = sub.add_parser(
         "prune",
-        help="prune a safetensors checkpoint into a new directory",
-        description="Prune MODEL_DIR (a Hugging Face safetensors checkpoint) into OUT_DIR, "
-        "shard by shard in bounded memory. Data-aware methods read activation statistics "
-        "from --stats. An interrupted run resumes when started again with the same arguments.",
+        help="prune a checkpoint into a new directory (default: the built-in SmolLM2)",
+        description="Prune MODEL_DIR (a Hugging Face safetensors checkpoint) into OUT_DIR. "
+        "Without arguments, prunes the built-in SmolLM2-135M with CPU-sized defaults and "
+        "prints dense vs pruned perplexity. Data-free methods (magnitude, symmetric) and "
+        "--stats run shard by shard in Rust; data-aware methods calibrate and prune layer by "
+        "layer, streaming from the shards. An interrupted run resumes when started again "
+        "with the same arguments.",
     )
-    p.add_argument("model_dir", metavar="MODEL_DIR")
-    p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--method", default="magnitude", help="score (default: magnitude)")
+    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help="default: built-in")
+    p.add_argument(
+        "out_dir",
+        metavar="OUT_DIR",
+        nargs="?",
+        help="required with MODEL_DIR; default pruned/<model>-<method>-<target>",
+    )
+    p.add_argument(
+        "--method",
+        default="wanda",
+        help="magnitude, wanda, ria, lp-ria, stochria, "
+        "symmetric, symwanda, owanda, sparsegpt (default: wanda)",
+    )
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (default 0.5)")
     p.add_argument("--pattern", metavar="N:M", help="semi-structured N:M instead of --sparsity")
     p.add_argument(
@@ -39,57 +72,157 @@ def add_prune(sub: Any) -> None:
         choices=("per-row", "per-matrix", "adaptive"),
         help="comparison group of unstructured sparsity (default: per-row)",
     )
-    p.add_argument("--stats", metavar="FILE", help="activation statistics (safetensors)")
     p.add_argument(
-        "--targets", metavar="RE", action="append", help="prune tensors matching RE (repeatable)"
+        "--stats",
+        metavar="FILE",
+        help="activation statistics from `symprune calibrate` (no model load)",
     )
-    p.add_argument("--ignore", metavar="RE", action="append", help="never prune these")
+    p.add_argument("--refine", choices=("dsnot", "r2dsnot"), help="mask refinement")
+    p.add_argument("--targets", metavar="RE", help="prune only tensors matching RE")
+    p.add_argument("--ignore", metavar="RE", help="never prune tensors matching RE")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--eval",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dense vs pruned perplexity (default: on for the built-in model)",
+    )
+    p.add_argument("--eval-seqlen", type=int, help="perplexity window (default min(seqlen, 512))")
+    p.add_argument("--eval-windows", type=int, help="first K test windows (default 32 on CPU)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=sys.stderr.isatty(),
-        help="progress bar on stderr (default: when stderr is a terminal)",
+        help="progress bars on stderr (default: when stderr is a terminal)",
     )
+    _calibration_args(p)
     params = p.add_argument_group("method parameters")
-    params.add_argument("--a", type=float, default=0.5, help="RIA activation exponent")
-    params.add_argument("--p", type=float, default=1.0, help="lp-ria norm")
-    params.add_argument("--beta", type=float, default=0.1, help="stochria subset fraction")
-    params.add_argument("--seed", type=int, default=0, help="stochria seed")
-    params.add_argument("--lam", type=float, default=1.0, help="symwanda output-side weight")
+    params.add_argument("--a", type=float, help="RIA activation exponent (default 0.5)")
+    params.add_argument("--p", type=float, help="lp-ria norm (default 1)")
+    params.add_argument("--beta", type=float, help="stochria subset fraction (default 0.1)")
+    params.add_argument("--lam", type=float, help="symwanda output-side weight (default 1)")
     params.add_argument(
         "--no-activation",
         dest="activation",
         action="store_false",
+        default=None,
         help="stochria without the activation factor",
     )
+    params.add_argument("--blocksize", type=int, help="sparsegpt block (default 128)")
+    params.add_argument("--percdamp", type=float, help="sparsegpt damping (default 0.01)")
+    refine = p.add_argument_group("refinement parameters (--refine)")
+    refine.add_argument("--max-cycles", type=int, help="default 50")
+    refine.add_argument("--threshold", type=float, help="default 0.1 (units of seqlen x mean)")
+    refine.add_argument("--var-power", type=float, help="default 1")
+    refine.add_argument(
+        "--same-sign",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="DSnoT: off unstructured / on N:M; R2-DSnoT: on",
+    )
+    refine.add_argument("--ri-phase", choices=("prune", "grow", "none"), help="R2-DSnoT")
+    refine.add_argument("--alpha", type=float, help="R2-DSnoT prune-score exponent")
+    refine.add_argument("--gamma", type=float, help="R2-DSnoT regularization weight")
+    refine.add_argument("--refine-p", type=float, help="R2-DSnoT penalty norm p")
+    refine.add_argument("--on-reject", choices=("stop", "skip"), help="R2-DSnoT")
     p.set_defaults(run=run_prune)
 
 
+_METHOD_PARAMS = ("a", "p", "beta", "lam", "activation", "blocksize", "percdamp")
+_REFINE_PARAMS = {
+    "max_cycles": "max_cycles",
+    "threshold": "threshold",
+    "var_power": "var_power",
+    "same_sign": "same_sign",
+    "ri_phase": "ri_phase",
+    "alpha": "alpha",
+    "gamma": "gamma",
+    "refine_p": "p",
+    "on_reject": "on_reject",
+}
+
+
 def prune_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :func:`symprune.checkpoint.prune_checkpoint`."""
+    """The keyword arguments of :func:`symprune.prune`."""
+    from symprune import methods
+
+    params = {k: getattr(args, k) for k in _METHOD_PARAMS if getattr(args, k) is not None}
+    if args.method == "stochria" or "seed" in params:
+        params["seed"] = args.seed
+    if args.method not in methods.METHODS:
+        methods.get(args.method)  # raises with the list of methods
     return {
         "method": args.method,
         "sparsity": args.sparsity,
         "pattern": args.pattern,
         "group": args.group,
+        "refine": args.refine,
+        "refine_params": {
+            v: getattr(args, k) for k, v in _REFINE_PARAMS.items() if getattr(args, k) is not None
+        },
+        "calibration": args.calib,
+        "nsamples": args.nsamples,
+        "seqlen": args.seqlen,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
         "stats": args.stats,
+        "device": args.device,
+        "offload_activations": args.offload_activations,
         "targets": args.targets,
         "ignore": args.ignore,
         "overwrite": args.overwrite,
+        "evaluate": args.eval if args.eval is not None else args.model_dir is None,
+        "eval_seqlen": args.eval_seqlen,
+        "eval_windows": args.eval_windows,
         "progress": args.progress,
-        "a": args.a,
-        "p": args.p,
-        "beta": args.beta,
-        "seed": args.seed,
-        "activation": args.activation,
-        "lam": args.lam,
+        **params,
     }
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    report = checkpoint.prune_checkpoint(args.model_dir, args.out_dir, **prune_options(args))
-    print(report.summary())
+    from symprune import api
+
+    if args.model_dir is not None and args.out_dir is None:
+        raise InvalidInputError("OUT_DIR is required with MODEL_DIR (an output directory)")
+    report = api.prune(args.model_dir, args.out_dir, **prune_options(args))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0
+
+
+def add_calibrate(sub: Any) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="store a model's activation statistics for pruning later with --stats",
+        description="Run the calibration windows through MODEL_DIR layer by layer (dense) and "
+        "store the statistics of every linear (in_sq, sum, var, out_sq) in a safetensors file.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help="default: built-in")
+    p.add_argument("--out", default="stats.safetensors", help="output file")
+    p.add_argument("--targets", metavar="RE", help="only linears matching RE")
+    p.add_argument("--ignore", metavar="RE", help="not linears matching RE")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    _calibration_args(p)
+    p.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from symprune import api
+
+    out = api.calibrate(
+        args.model_dir,
+        args.out,
+        calibration=args.calib,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        targets=args.targets,
+        ignore=args.ignore,
+        progress=args.progress,
+    )
+    print(f"statistics written to {out}")
     return 0
 
 
@@ -116,7 +249,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[Any], None]] = [add_prune, add_inspect]
+COMMANDS: list[Callable[[Any], None]] = [add_prune, add_calibrate, add_inspect]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -199,8 +199,10 @@ def owanda(weight: Matrix, out_sq: Vector) -> npt.NDArray[np.float32]:
 def parse_nm(pattern: str) -> tuple[int, int]:
     """``"2:4"`` -> ``(2, 4)``."""
     match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pattern)
-    if not match:
-        raise InvalidInputError(f"pattern {pattern!r} is not N:M (e.g. '2:4')")
+    if not match or not 0 < int(match[1]) < int(match[2]):
+        raise InvalidInputError(
+            f"pattern {pattern!r}: {pattern} is not N:M with 0 < N < M (e.g. '2:4')"
+        )
     return int(match[1]), int(match[2])
 
 

@@ -74,6 +74,7 @@ class Report:
     tensors: list[TensorRecord] = field(default_factory=list)
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    bytes_written: int = 0
     masks: dict[str, np.ndarray] | None = None
     perplexity: dict[str, float] = field(default_factory=dict)
 
@@ -89,17 +90,26 @@ class Report:
         return d
 
     def summary(self) -> str:
-        lines = [
-            f"model      {self.model}",
-            f"output     {self.output}",
-            f"method     {self.method}" + (f" + {self.refine}" if self.refine else ""),
-            f"target     {self.settings.get('pattern') or self.settings.get('sparsity')}",
-            f"tensors    {len(self.tensors)} pruned, achieved sparsity {self.sparsity:.4f}",
-            f"time       {self.seconds:.1f} s on {self.device}, "
-            f"peak RSS {self.peak_rss_mb:.0f} MiB",
+        """A small table of the totals (and perplexity when evaluated)."""
+        numel = sum(int(np.prod(t.shape)) for t in self.tensors)
+        method = self.method + (f" + {self.refine}" if self.refine else "")
+        target = self.settings.get("pattern") or (
+            f"{self.settings.get('sparsity')} {self.settings.get('group', 'per-row')}"
+        )
+        rows = [
+            ("model", self.model),
+            ("method", f"{method} ({target})"),
+            ("tensors pruned", str(len(self.tensors))),
+            ("parameters", f"{numel:,}"),
+            ("achieved sparsity", f"{self.sparsity:.4f}"),
+            ("bytes written", f"{self.bytes_written:,} ({self.bytes_written / 2**30:.2f} GiB)"),
+            ("seconds", f"{self.seconds:.2f} on {self.device}"),
+            ("peak RSS", f"{self.peak_rss_mb:.0f} MiB"),
+            ("output", str(self.output)),
         ]
-        lines += [f"perplexity {k}: {v:.3f}" for k, v in self.perplexity.items()]
-        return "\n".join(lines)
+        rows += [(f"perplexity {k}", f"{v:.3f}") for k, v in self.perplexity.items()]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def peak_rss_mb() -> float:
@@ -169,40 +179,40 @@ def prune_streamed(
         raise InvalidInputError(f"sparsity: {sparsity} must be in [0, 1), e.g. 0.5 for 50%")
     calib = calibration or Calibration()
     device = device or default_device()
-    streamed = StreamedModel(model_dir, device)
-    if streamed.max_positions and calib.seqlen > streamed.max_positions:
-        raise InvalidInputError(
-            f"seqlen {calib.seqlen} exceeds the model's context of {streamed.max_positions} tokens"
-        )
-    _check_targets(streamed, targets, ignore)
-    ids = calibration_ids(model_dir, calib)
-
-    report = Report(
-        model=str(model_dir),
-        output=str(output) if output else None,
-        method=method,
-        refine=refine,
-        device=str(device),
-        masks={} if keep_masks else None,
-        settings={
-            "sparsity": sparsity,
-            "pattern": pattern,
-            "group": group,
-            **settings.params,
-            "nsamples": calib.nsamples,
-            "seqlen": calib.seqlen,
-            "seed": calib.seed,
-            "calibration": calib.source,
-            **(refine_params or {}),
-        },
-    )
     writer = None
     if output is not None and write is None:
         from symprune.checkpoint import CheckpointWriter
 
-        writer = CheckpointWriter(model_dir, output, overwrite=overwrite)
+        writer = CheckpointWriter(model_dir, output, overwrite=overwrite)  # fails fast
         write = writer.write
     try:
+        streamed = StreamedModel(model_dir, device)
+        if streamed.max_positions and calib.seqlen > streamed.max_positions:
+            raise InvalidInputError(
+                f"seqlen {calib.seqlen} exceeds the model's context of "
+                f"{streamed.max_positions} tokens; pass a smaller --seqlen"
+            )
+        _check_targets(streamed, targets, ignore)
+        ids = calibration_ids(model_dir, calib)
+        report = Report(
+            model=str(model_dir),
+            output=str(output) if output else None,
+            method=method,
+            refine=refine,
+            device=str(device),
+            masks={} if keep_masks else None,
+            settings={
+                "sparsity": sparsity,
+                "pattern": pattern,
+                "group": group,
+                **settings.params,
+                "nsamples": calib.nsamples,
+                "seqlen": calib.seqlen,
+                "seed": calib.seed,
+                "calibration": calib.source,
+                **(refine_params or {}),
+            },
+        )
         step = pruning_step(streamed, spec, settings, refiner, refine_params or {}, report, write)
         report.layers = stream_layers(
             streamed,
@@ -218,7 +228,7 @@ def prune_streamed(
         report.seconds = time.perf_counter() - t_start
         report.peak_rss_mb = peak_rss_mb()
         if writer is not None:
-            writer.finish(manifest=_manifest(report))
+            report.bytes_written = writer.finish(manifest=_manifest(report))["bytes_written"]
     except BaseException:
         if writer is not None:
             writer.abort()

@@ -30,34 +30,27 @@ from symprune.errors import ModelError
 
 
 class TensorSource:
-    """Reads tensors by name from a checkpoint directory, one at a time (mmap)."""
+    """Reads tensors by name from a checkpoint directory (the validating Rust reader)."""
 
     def __init__(self, model_dir: Path):
-        from safetensors import safe_open
+        from symprune.checkpoint import CheckpointReader
 
-        index = model_dir / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
-        else:
-            files = sorted(p.name for p in model_dir.glob("*.safetensors"))
-        self._files = {f: safe_open(model_dir / f, framework="pt") for f in files}
-        self._where = {n: f for f, h in self._files.items() for n in h.keys()}
-        self.names = set(self._where)
+        self.reader = CheckpointReader(model_dir)
+        self.names = set(self.reader.names())
 
     def get(self, name: str) -> torch.Tensor:
-        return self._files[self._where[name]].get_tensor(name)
+        """A private copy of the tensor (the layer may be pruned in place)."""
+        return self.reader.torch(name)
 
     def dtype(self) -> torch.dtype:
         """The floating dtype most of the checkpoint's tensors are stored in."""
-        counts: dict[torch.dtype, int] = {}
-        for handle in self._files.values():
-            for name in handle.keys():
-                dt = handle.get_slice(name).get_dtype()
-                counts[dt] = counts.get(dt, 0) + 1
         floats = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-        found = {floats[k]: v for k, v in counts.items() if k in floats}
-        return max(found, key=found.get) if found else torch.float32
+        counts: dict[torch.dtype, int] = {}
+        for name in self.names:
+            dt = floats.get(self.reader.dtype(name))
+            if dt is not None:
+                counts[dt] = counts.get(dt, 0) + 1
+        return max(counts, key=counts.get) if counts else torch.float32
 
 
 def check_model_dir(model_dir: Path) -> None:

@@ -364,7 +364,10 @@ def pruning_step(
             hessian = stats[rel].hessian_matrix() if spec.needs_hessian else None
             mask = spec.fn(weight, st, hessian, settings, tensor)
             if refiner is not None:
-                mask = refiner(weight, mask, st, settings, refine_params, tensor)
+                initial = None
+                if settings.pattern and spec.score_fn is not None:
+                    initial = spec.score_fn(weight, st, settings, tensor)
+                mask = refiner(weight, mask, st, settings, refine_params, tensor, initial)
             weight.masked_fill_(torch.from_numpy(mask).to(weight.device), 0)
             zeros = int((weight == 0).sum())
             report.tensors.append(TensorRecord(tensor, tuple(weight.shape), zeros / weight.numel()))

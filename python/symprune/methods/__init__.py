@@ -34,11 +34,23 @@ class PruneSettings:
 
 # weight (torch, (out, in), on the compute device), stats, hessian-or-None, settings, tensor name
 MethodFn = Callable[[torch.Tensor, dict[str, np.ndarray], Any, PruneSettings, str], np.ndarray]
-# weight, initial mask, stats, settings, refinement params, tensor name
+# weight, initial mask, stats, settings, refinement params, tensor name, initial scores
 RefineFn = Callable[
-    [torch.Tensor, np.ndarray, dict[str, np.ndarray], PruneSettings, dict[str, Any], str],
+    [
+        torch.Tensor,
+        np.ndarray,
+        dict[str, np.ndarray],
+        PruneSettings,
+        dict[str, Any],
+        str,
+        np.ndarray | None,
+    ],
     np.ndarray,
 ]
+
+
+# weight, stats, settings, tensor name -> the method's score matrix (score methods only)
+ScoreFn = Callable[[torch.Tensor, dict[str, np.ndarray], PruneSettings, str], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class Method:
     data_free: bool
     needs_hessian: bool = False
     updates_weights: bool = False
+    score_fn: ScoreFn | None = None  # N:M refinement picks inside a group by these
 
 
 METHODS: dict[str, Method] = {}
@@ -60,9 +73,10 @@ def register(
     data_free: bool = False,
     needs_hessian: bool = False,
     updates_weights: bool = False,
+    score_fn: ScoreFn | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     def wrap(fn: MethodFn) -> MethodFn:
-        METHODS[name] = Method(name, fn, data_free, needs_hessian, updates_weights)
+        METHODS[name] = Method(name, fn, data_free, needs_hessian, updates_weights, score_fn)
         return fn
 
     return wrap

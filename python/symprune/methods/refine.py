@@ -36,6 +36,7 @@ def dsnot(
     settings: PruneSettings,
     params: dict[str, Any],
     tensor: str = "",
+    initial_scores: np.ndarray | None = None,
 ) -> np.ndarray:
     return ops.dsnot(
         weight.detach().cpu(),
@@ -44,6 +45,7 @@ def dsnot(
         stats["sum"],
         stats["var"],
         pattern=settings.pattern,
+        initial_scores=initial_scores,
         tensor=tensor,
         **_checked("dsnot", params, _DSNOT),
     )
@@ -57,7 +59,9 @@ def r2dsnot(
     settings: PruneSettings,
     params: dict[str, Any],
     tensor: str = "",
+    initial_scores: np.ndarray | None = None,
 ) -> np.ndarray:
+    # R²-DSnoT's N:M pick uses its own prune score (methods.md §7), not the initial one.
     return ops.r2dsnot(
         weight.detach().cpu(),
         mask,

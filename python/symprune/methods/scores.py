@@ -54,7 +54,10 @@ def _make(name: str) -> None:
     def method(weight, stats, hessian, settings, tensor):
         return mask_of(score_of(name, weight, stats, settings, tensor), settings, tensor)
 
-    register(name, data_free=not _SCORES[name][0])(method)
+    def scores(weight, stats, settings, tensor):
+        return score_of(name, weight, stats, settings, tensor)
+
+    register(name, data_free=not _SCORES[name][0], score_fn=scores)(method)
 
 
 for _name in _SCORES:

@@ -153,7 +153,8 @@ class CheckpointWriter:
     the same non-empty ``run_key`` (a string naming the pruning settings) on the
     same input resumes from them; without a key nothing is ever resumed.
     ``overwrite`` replaces a finished output (or an interrupted run of other
-    settings). The input directory is never written to.
+    settings); the old files go only when this run first writes, so a run that
+    fails before that leaves them as they were. The input is never written to.
     """
 
     def __init__(

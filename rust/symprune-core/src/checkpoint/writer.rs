@@ -113,13 +113,16 @@ pub struct CheckpointWriter {
     states: Vec<ShardState>,
     journal: Journal,
     bytes_written: u64,
+    /// The output still holds a previous run's files (see [`Self::new`]).
+    stale: bool,
     finished: bool,
 }
 
 impl CheckpointWriter {
     /// Opens the input checkpoint and prepares `output_dir`: a fresh run, a
-    /// resumed one (same input, same `run_key`), or an error when the
-    /// directory holds something else and `overwrite` is off.
+    /// resumed one (same input, same non-empty `run_key`), or an error when
+    /// the directory holds something else and `overwrite` is off. With
+    /// `overwrite`, the old files are removed at this run's first write.
     pub fn create(input_dir: &Path, output_dir: &Path, opts: &WriterOptions) -> Result<Self> {
         Self::new(Arc::new(Checkpoint::open(input_dir)?), output_dir, opts)
     }
@@ -143,6 +146,9 @@ impl CheckpointWriter {
             run: opts.run_key.clone(),
             done: BTreeMap::new(),
         };
+        // What a previous run left is removed only when this run first writes,
+        // so a run that fails before writing leaves the output as it was.
+        let mut stale = false;
         if out.join(MANIFEST_FILE).exists() {
             if !opts.overwrite {
                 return Err(Error::checkpoint(
@@ -152,7 +158,7 @@ impl CheckpointWriter {
                     ),
                 ));
             }
-            clear_output(&out)?;
+            stale = true;
         } else if journal_path.exists() {
             match previous {
                 Some(p)
@@ -161,8 +167,8 @@ impl CheckpointWriter {
                     journal.done = p.done;
                 }
                 // Nothing finished yet means nothing to lose.
-                Some(p) if p.done.is_empty() => clear_output(&out)?,
-                _ if opts.overwrite => clear_output(&out)?,
+                Some(p) if p.done.is_empty() => stale = true,
+                _ if opts.overwrite => stale = true,
                 _ => {
                     return Err(Error::checkpoint(
                         &out,
@@ -184,7 +190,7 @@ impl CheckpointWriter {
                     format!("exists and is not empty; {again}"),
                 ));
             }
-            clear_output(&out)?;
+            stale = true;
         }
 
         // A shard counts as finished only if it is in place, whole, with its header.
@@ -213,9 +219,12 @@ impl CheckpointWriter {
             states,
             journal,
             bytes_written: 0,
+            stale,
             finished: false,
         };
-        writer.save_journal()?;
+        if !stale {
+            writer.save_journal()?;
+        }
         Ok(writer)
     }
 
@@ -456,7 +465,18 @@ impl CheckpointWriter {
         Ok((s, info))
     }
 
+    /// Clears what a previous run left, before the first write of this one.
+    fn claim_output(&mut self) -> Result<()> {
+        if self.stale {
+            clear_output(&self.out)?;
+            self.save_journal()?;
+            self.stale = false;
+        }
+        Ok(())
+    }
+
     fn open_shard(&mut self, s: usize) -> Result<()> {
+        self.claim_output()?;
         if matches!(self.states[s], ShardState::Pending) {
             let shard = &self.input.shards[s];
             let tmp = temp_path(&self.out, &shard.file);
@@ -645,5 +665,28 @@ mod tests {
         }
         let e = open("other", false).unwrap_err().to_string();
         assert!(e.contains("interrupted run with other settings"), "{e}");
+    }
+
+    #[test]
+    fn overwrite_clears_the_old_output_only_when_writing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
+        checkpoint(&input);
+        let opts = WriterOptions {
+            overwrite: true,
+            run_key: String::new(),
+        };
+        CheckpointWriter::create(&input, &out, &opts)
+            .unwrap()
+            .finish(&Map::new())
+            .unwrap();
+        let finished = out.join(MANIFEST_FILE);
+        CheckpointWriter::create(&input, &out, &opts)
+            .unwrap()
+            .abort();
+        assert!(finished.exists() && !out.join(JOURNAL_FILE).exists());
+        let mut w = CheckpointWriter::create(&input, &out, &opts).unwrap();
+        w.close_shard(1).unwrap();
+        assert!(!finished.exists() && out.join(JOURNAL_FILE).exists());
     }
 }

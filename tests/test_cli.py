@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from reference.checkpoints import SHARDS, entry, safetensors_bytes, tiny_llama, tree_digest
+from symprune.cli import main
 
 GOOD = {"w": entry("F32", [2, 2], 0, 16)}
 
@@ -19,6 +20,13 @@ GOOD = {"w": entry("F32", [2, 2], 0, 16)}
 def cli(*args: str | Path, **kw) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "symprune.cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
+
+
+def run(capsys, *args: str | Path) -> subprocess.CompletedProcess:
+    """The CLI inside this process (no interpreter start-up): exit status and streams."""
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 def one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -78,12 +86,12 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", MALFORMED)
 @pytest.mark.parametrize("command", ["prune", "inspect"])
-def test_malformed_shards_give_one_line(tmp_path, case, command):
+def test_malformed_shards_give_one_line(capsys, tmp_path, case, command):
     content, fragments = MALFORMED[case]
     model = single(tmp_path / "model", content)
     digest = tree_digest(model)
     args = [command, model] + ([tmp_path / "out"] if command == "prune" else [])
-    one_line_error(cli(*args), "model.safetensors", *fragments)
+    one_line_error(run(capsys, *args), "model.safetensors", *fragments)
     assert not (tmp_path / "out").exists()
     assert tree_digest(model) == digest
 
@@ -120,10 +128,10 @@ def sharded_variant(tiny: Path, dst: Path, case: str) -> list[str]:
 @pytest.mark.parametrize(
     "case", ["missing shard", "listed twice", "stored twice", "mapped elsewhere"]
 )
-def test_malformed_indexes_give_one_line(tiny, tmp_path, case):
+def test_malformed_indexes_give_one_line(capsys, tiny, tmp_path, case):
     model = tmp_path / "model"
     fragments = sharded_variant(tiny, model, case)
-    one_line_error(cli("prune", model, tmp_path / "out"), *fragments)
+    one_line_error(run(capsys, "prune", model, tmp_path / "out"), *fragments)
     assert not (tmp_path / "out").exists()
 
 

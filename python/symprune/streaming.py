@@ -18,6 +18,7 @@ here knows a model by name:
 
 from __future__ import annotations
 
+import ctypes
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,23 @@ def check_model_dir(model_dir: Path) -> None:
         raise ModelError(
             f"{model_dir}: no *.safetensors weights; convert the checkpoint to safetensors first"
         )
+
+
+def _release_heap() -> None:
+    """Hands freed heap memory back to the OS (glibc keeps it otherwise, and the
+    resident set would grow by a layer's size per layer)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to trim
+        return None
+
+
+_LIBC = _load_libc()
 
 
 class _Stop(Exception):
@@ -218,6 +236,7 @@ class StreamedModel:
 
     def free_layer(self, index: int) -> None:
         self.layers[index].to("meta")
+        _release_heap()
 
     @torch.no_grad()
     def capture(self, input_ids: torch.Tensor) -> Captured:

@@ -153,11 +153,17 @@ def test_prune_and_inspect(tiny, tmp_path):
 
     one_line_error(cli("prune", tiny, out), "already holds a finished pruned checkpoint")
     one_line_error(cli("prune", tiny, tiny / "sub"), "or inside it")
-    one_line_error(cli("prune", tiny, tmp_path / "o2", "--method", "wanda"), "pass --stats FILE")
+    one_line_error(
+        cli("prune", tiny, tmp_path / "o2", "--method", "wanda", "--stats", tmp_path / "no.st"),
+        "no.st",
+    )
     one_line_error(cli("prune", tiny, tmp_path / "o3", "--pattern", "3:3"), "3:3 is not N:M")
     one_line_error(cli("prune", tiny, tmp_path / "o4", "--sparsity", "1.5"), "sparsity")
     one_line_error(cli("prune", tmp_path / "nowhere", tmp_path / "o5"), "is not a directory")
-    assert cli("prune", tiny, out, "--overwrite").returncode == 0
+    # A failed --overwrite run keeps the finished output; a good one replaces it.
+    one_line_error(cli("prune", tiny, out, "--overwrite", "--seqlen", "4096"), "seqlen 4096")
+    assert (out / "sparsity.json").is_file()
+    assert cli("prune", tiny, out, "--overwrite", "--method", "magnitude").returncode == 0
 
 
 def limit_file_size(limit: int):

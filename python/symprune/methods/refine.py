@@ -6,6 +6,7 @@ SparseGPT they run on its updated weights, as the reference does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,47 +29,34 @@ def _checked(name: str, params: dict[str, Any], allowed: set[str]) -> dict[str, 
     return params
 
 
-@register_refiner("dsnot")
-def dsnot(
-    weight: torch.Tensor,
-    mask: np.ndarray,
-    stats: dict[str, np.ndarray],
-    settings: PruneSettings,
-    params: dict[str, Any],
-    tensor: str = "",
-    initial_scores: np.ndarray | None = None,
-) -> np.ndarray:
-    return ops.dsnot(
-        weight.detach().cpu(),
-        mask,
-        stats["in_sq"],
-        stats["sum"],
-        stats["var"],
-        pattern=settings.pattern,
-        initial_scores=initial_scores,
-        tensor=tensor,
-        **_checked("dsnot", params, _DSNOT),
-    )
+def _register(
+    name: str, kernel: Callable[..., np.ndarray], allowed: set[str], takes_initial_scores: bool
+) -> None:
+    def refine(
+        weight: torch.Tensor,
+        mask: np.ndarray,
+        stats: dict[str, np.ndarray],
+        settings: PruneSettings,
+        params: dict[str, Any],
+        tensor: str = "",
+        initial_scores: np.ndarray | None = None,
+    ) -> np.ndarray:
+        extra = {"initial_scores": initial_scores} if takes_initial_scores else {}
+        return kernel(
+            weight.detach().cpu(),
+            mask,
+            stats["in_sq"],
+            stats["sum"],
+            stats["var"],
+            pattern=settings.pattern,
+            tensor=tensor,
+            **extra,
+            **_checked(name, params, allowed),
+        )
+
+    register_refiner(name)(refine)
 
 
-@register_refiner("r2dsnot")
-def r2dsnot(
-    weight: torch.Tensor,
-    mask: np.ndarray,
-    stats: dict[str, np.ndarray],
-    settings: PruneSettings,
-    params: dict[str, Any],
-    tensor: str = "",
-    initial_scores: np.ndarray | None = None,
-) -> np.ndarray:
-    # R²-DSnoT's N:M pick uses its own prune score (methods.md §7), not the initial one.
-    return ops.r2dsnot(
-        weight.detach().cpu(),
-        mask,
-        stats["in_sq"],
-        stats["sum"],
-        stats["var"],
-        pattern=settings.pattern,
-        tensor=tensor,
-        **_checked("r2dsnot", params, _R2DSNOT),
-    )
+_register("dsnot", ops.dsnot, _DSNOT, takes_initial_scores=True)
+# R²-DSnoT's N:M pick uses its own prune score (methods.md §7), not the initial one.
+_register("r2dsnot", ops.r2dsnot, _R2DSNOT, takes_initial_scores=False)

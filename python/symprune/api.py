@@ -36,6 +36,14 @@ def default_calibration(device: str, nsamples: int | None, seqlen: int | None) -
     return nsamples or (128 if on_gpu else 16), seqlen or (2048 if on_gpu else 512)
 
 
+def default_evaluation(
+    device: str, seqlen: int, eval_seqlen: int | None, eval_windows: int | None
+) -> tuple[int, int | None]:
+    """Perplexity window and count: ``min(seqlen, 512)``; all windows on a GPU, 32 on the CPU."""
+    windows = eval_windows if eval_windows is not None else (None if device != "cpu" else 32)
+    return eval_seqlen or min(seqlen, 512), windows
+
+
 def default_output(method: str, sparsity: float, pattern: str | None, refine: str | None) -> Path:
     target = pattern.replace(":", "of") if pattern else f"{round(sparsity * 100)}pct"
     return (
@@ -131,8 +139,7 @@ def prune(
             progress=progress,
         )
     if evaluate:
-        windows = eval_windows if eval_windows is not None else (None if device != "cpu" else 32)
-        length = eval_seqlen or min(calib.seqlen, 512)
+        length, windows = default_evaluation(device, calib.seqlen, eval_seqlen, eval_windows)
         for name, folder in (("dense", model_dir), ("pruned", Path(output))):
             report.perplexity[name] = perplexity(
                 folder, seqlen=length, max_windows=windows, device=device

@@ -249,7 +249,167 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[Any], None]] = [add_prune, add_calibrate, add_inspect]
+def _names(text: str) -> list[str]:
+    """A comma-separated list, e.g. ``wanda,ria``."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_eval(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="perplexity (and zero-shot accuracy) of a checkpoint, pruned or not",
+        description="Perplexity of MODEL_DIR (any Hugging Face causal LM folder; default: the "
+        "built-in SmolLM2) exactly as methods.md §8: non-overlapping windows of the test text, "
+        "mean token cross-entropy per window, exp of the mean; the model streams layer by "
+        "layer. --tasks adds zero-shot accuracy through lm-evaluation-harness (pip install "
+        "'symprune[eval]'), without hub access: task data must be in the local datasets "
+        "cache or described by a local task YAML (--include-path).",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help="default: built-in")
+    p.add_argument(
+        "--text",
+        default="builtin",
+        metavar="builtin|FILE",
+        help="test text: builtin (the Wikipedia test split), a .txt or a .jsonl file",
+    )
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--max-windows", type=int, metavar="K", help="only the first K windows")
+    p.add_argument(
+        "--perplexity",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compute perplexity (default: on)",
+    )
+    p.add_argument(
+        "--tasks",
+        type=_names,
+        default=[],
+        metavar="T1,T2",
+        help="lm-eval tasks, e.g. boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa",
+    )
+    p.add_argument("--include-path", metavar="DIR", help="folder of extra lm-eval task YAMLs")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N items of each task")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows (or requests) per pass")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from symprune.evaluate import evaluate_model
+
+    if not args.perplexity and not args.tasks:
+        raise InvalidInputError("nothing to evaluate: --no-perplexity needs --tasks")
+    result = evaluate_model(
+        args.model_dir,
+        text=args.text,
+        seqlen=args.seqlen,
+        max_windows=args.max_windows,
+        tasks=args.tasks,
+        include_path=args.include_path,
+        limit=args.limit,
+        with_perplexity=args.perplexity,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
+    return 0
+
+
+def add_report(sub: Any) -> None:
+    from symprune import report
+
+    p = sub.add_parser(
+        "report",
+        help="run the reproduction grid and write a Markdown table and plots",
+        description="Prune and evaluate every cell of models × methods × patterns × refine "
+        "(default: the full grid on SmolLM2-135M and Gemma-3-270M), caching each result "
+        "under --out/cells so that an interrupted run continues; then write --out/results.md "
+        "and PNG plots. Pruned checkpoints go to a temporary folder and are deleted after "
+        "evaluation unless --keep. Needs matplotlib (pip install 'symprune[report]').",
+    )
+    p.add_argument("--out", default="report", help="output folder (default: report)")
+    p.add_argument(
+        "--models",
+        type=_names,
+        default=list(report.MODELS),
+        metavar="M1,M2",
+        help="built-in names or checkpoint folders (default: " + ",".join(report.MODELS) + ")",
+    )
+    p.add_argument(
+        "--methods",
+        type=_names,
+        default=list(report.METHODS),
+        metavar="M1,M2",
+        help="default: " + ",".join(report.METHODS),
+    )
+    p.add_argument(
+        "--patterns",
+        type=_names,
+        default=list(report.TARGETS),
+        metavar="P1,P2",
+        help="unstructured sparsities (50%%) and N:M patterns (2:4); default: "
+        + ",".join(report.TARGETS).replace("%", "%%"),
+    )
+    p.add_argument(
+        "--refine",
+        type=_names,
+        default=list(report.REFINES),
+        metavar="R1,R2",
+        help="none, dsnot, r2dsnot (default: all three)",
+    )
+    p.add_argument("--nsamples", type=int, help="calibration windows (default 128 GPU, 16 CPU)")
+    p.add_argument("--seqlen", type=int, help="calibration tokens (default 2048 GPU, 512 CPU)")
+    p.add_argument("--seed", type=int, default=0, help="calibration draw seed")
+    p.add_argument("--eval-seqlen", type=int, help="perplexity window (default min(seqlen, 512))")
+    p.add_argument("--eval-windows", type=int, help="first K test windows (default 32 on CPU)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--keep", action="store_true", help="keep the pruned checkpoints")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="per-layer progress bars on stderr (default: off; one line per cell)",
+    )
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    p.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from symprune import report
+
+    files = report.run_report(
+        args.out,
+        models=args.models,
+        methods=args.methods,
+        targets=args.patterns,
+        refines=args.refine,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        eval_seqlen=args.eval_seqlen,
+        eval_windows=args.eval_windows,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        keep=args.keep,
+        progress=args.progress,
+    )
+    if args.json:
+        print(json.dumps(files.to_dict(), indent=2))
+    else:
+        print(f"{files.cells} cells; table: {files.table}")
+        print("plots: " + ", ".join(str(p) for p in files.plots))
+    return 0
+
+
+COMMANDS: list[Callable[[Any], None]] = [
+    add_prune,
+    add_calibrate,
+    add_inspect,
+    add_eval,
+    add_report,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,7 +68,7 @@ def r2dsnot(
     threshold: float = 0.1,
     var_power: float = 1.0,
     ri_phase: str = "prune",
-    alpha: float = 0.5,
+    alpha: float = 1.0,
     gamma: float = 0.0,
     p: float = 1.0,
     same_sign: bool = True,

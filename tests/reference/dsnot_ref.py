@@ -255,7 +255,7 @@ def r2dsnot(
     threshold=0.1,
     var_power=1.0,
     ri_phase="prune",
-    alpha=0.5,
+    alpha=1.0,
     gamma=0.0,
     p=1.0,
     same_sign=True,

@@ -84,7 +84,7 @@ fn dsnot_refine<'py>(
 
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
-#[pyo3(signature = (weight, dtype, prune_mask, in_sq, act_sum, act_var, *, n=0, m=0, max_cycles=50, threshold=0.1, var_power=1.0, ri_phase="prune", alpha=0.5, gamma=0.0, p=1.0, same_sign=true, on_reject="stop", tensor=""))]
+#[pyo3(signature = (weight, dtype, prune_mask, in_sq, act_sum, act_var, *, n=0, m=0, max_cycles=50, threshold=0.1, var_power=1.0, ri_phase="prune", alpha=1.0, gamma=0.0, p=1.0, same_sign=true, on_reject="stop", tensor=""))]
 fn r2dsnot<'py>(
     py: Python<'py>,
     weight: &Bound<'py, PyAny>,

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use symprune_core::checkpoint::manifest::{pattern_by_name, score_by_name};
 use symprune_core::checkpoint::{
-    self as ck, parse_dtype, Checkpoint, MethodParams, Plan, Progress, Selection, WriterOptions,
+    self as ck, parse_dtype, Checkpoint, MethodParams, Part, Plan, Progress, Selection,
+    WriterOptions,
 };
 
 fn json_text<T: serde::Serialize>(value: &T) -> String {
@@ -106,7 +107,11 @@ impl Writer {
         overwrite: bool,
         run_key: String,
     ) -> PyResult<Self> {
-        let opts = WriterOptions { overwrite, run_key };
+        let opts = WriterOptions {
+            overwrite,
+            run_key,
+            part: Part::default(),
+        };
         let inner = py
             .detach(|| ck::CheckpointWriter::create(&input, &output, &opts))
             .map_err(|e| to_py(py, e))?;
@@ -168,9 +173,10 @@ impl Writer {
 /// Prunes a checkpoint directory into another; returns the report as JSON.
 /// `progress(kind, json)` hears `"start"` (`{"tensors": N}`) and `"tensor"`
 /// (one tensor's report); an exception in it (or Ctrl-C) stops the run.
+/// With `world > 1`, only the shards of part `rank` (see `finalize`).
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
-#[pyo3(signature = (input, output, method, *, group="per-row", sparsity=0.5, n=0, m=0, a=0.5, p=1.0, beta=0.1, seed=0, activation=true, lam=1.0, targets=Vec::new(), ignore=Vec::new(), stats=None, overwrite=false, progress=None))]
+#[pyo3(signature = (input, output, method, *, group="per-row", sparsity=0.5, n=0, m=0, a=0.5, p=1.0, beta=0.1, seed=0, activation=true, lam=1.0, targets=Vec::new(), ignore=Vec::new(), stats=None, overwrite=false, progress=None, rank=0, world=1))]
 fn prune_checkpoint(
     py: Python<'_>,
     input: PathBuf,
@@ -191,6 +197,8 @@ fn prune_checkpoint(
     stats: Option<PathBuf>,
     overwrite: bool,
     progress: Option<Py<PyAny>>,
+    rank: usize,
+    world: usize,
 ) -> PyResult<String> {
     let params = MethodParams {
         a,
@@ -206,6 +214,7 @@ fn prune_checkpoint(
         selection: Selection::new(&targets, &ignore).map_err(|e| to_py(py, e))?,
         stats,
         overwrite,
+        part: Part::new(rank, world).map_err(|e| to_py(py, e))?,
     };
     let mut failure: Option<PyErr> = None;
     let mut on_progress = |event: Progress| -> bool {
@@ -235,6 +244,15 @@ fn prune_checkpoint(
     }
 }
 
+/// Finishes the output of a shard-parallel run once every part is done;
+/// returns the finish report as JSON.
+#[pyfunction]
+fn finalize(py: Python<'_>, output: PathBuf) -> PyResult<String> {
+    py.detach(|| ck::finalize(&output))
+        .map(|r| json_text(&r))
+        .map_err(|e| to_py(py, e))
+}
+
 /// Per-tensor sparsity of a checkpoint (and an N:M check when `n`, `m` > 0),
 /// as JSON.
 #[pyfunction]
@@ -258,6 +276,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Reader>()?;
     m.add_class::<Writer>()?;
     m.add_function(wrap_pyfunction!(prune_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(finalize, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     Ok(())
 }

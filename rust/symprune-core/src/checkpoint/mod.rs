@@ -21,7 +21,7 @@ pub use prune::{prune_checkpoint, Plan, Progress, Report, TensorReport};
 pub use reader::{parse_dtype, Checkpoint, Shard, TensorInfo, TensorRef};
 pub use safetensors::Dtype as StorageDtype;
 pub use selection::Selection;
-pub use writer::{CheckpointWriter, WriterOptions, ZeroCount};
+pub use writer::{finalize, CheckpointWriter, FinishReport, Part, WriterOptions, ZeroCount};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;

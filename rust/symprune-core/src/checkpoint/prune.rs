@@ -9,7 +9,7 @@
 use super::manifest::{describe_pattern, describe_score};
 use super::reader::{Checkpoint, Shard, TensorInfo};
 use super::selection::Selection;
-use super::writer::{CheckpointWriter, WriterOptions, ZeroCount};
+use super::writer::{CheckpointWriter, Part, WriterOptions, ZeroCount};
 use crate::dtype::{Element, MatRef};
 use crate::error::{Error, Result};
 use crate::mask::{self, Pattern};
@@ -38,6 +38,9 @@ pub struct Plan {
     pub stats: Option<PathBuf>,
     /// Replace a finished output or discard an interrupted run of other settings.
     pub overwrite: bool,
+    /// The shards this process prunes (all by default); a part leaves the
+    /// output to [`super::writer::finalize`].
+    pub part: Part,
 }
 
 /// One pruned tensor.
@@ -312,6 +315,7 @@ pub fn prune_checkpoint(
     let opts = WriterOptions {
         overwrite: plan.overwrite,
         run_key: Value::Object(key).to_string(),
+        part: plan.part,
     };
     let mut writer = CheckpointWriter::new(checkpoint.clone(), output, &opts)?;
 
@@ -321,23 +325,30 @@ pub fn prune_checkpoint(
             "interrupted; run the same command again to resume where it stopped",
         )
     };
+    // This part's targets (all of them unless shard-parallel), by index into `targets`.
+    let mine: Vec<usize> = (0..targets.len())
+        .filter(|&k| plan.part.owns(targets[k].0))
+        .collect();
     if !progress(Progress::Start {
-        tensors: targets.len(),
+        tensors: mine.len(),
     }) {
         return Err(interrupted());
     }
-    let mut reports = Vec::with_capacity(targets.len());
+    let mut reports = Vec::with_capacity(mine.len());
     let mut next = 0;
     for (s, shard) in checkpoint.shards.iter().enumerate() {
+        if !plan.part.owns(s) {
+            continue;
+        }
         let resumed = writer.is_resumed(s);
-        while next < targets.len() && targets[next].0 == s {
-            let t = targets[next].1;
+        while next < mine.len() && targets[mine[next]].0 == s {
+            let (k, t) = (mine[next], targets[mine[next]].1);
             let clock = Instant::now();
             if !resumed {
                 match t.dtype {
-                    Dtype::F32 => prune_matrix::<f32>(&mut writer, shard, t, &stats[next], plan)?,
-                    Dtype::F16 => prune_matrix::<f16>(&mut writer, shard, t, &stats[next], plan)?,
-                    Dtype::BF16 => prune_matrix::<bf16>(&mut writer, shard, t, &stats[next], plan)?,
+                    Dtype::F32 => prune_matrix::<f32>(&mut writer, shard, t, &stats[k], plan)?,
+                    Dtype::F16 => prune_matrix::<f16>(&mut writer, shard, t, &stats[k], plan)?,
+                    Dtype::BF16 => prune_matrix::<bf16>(&mut writer, shard, t, &stats[k], plan)?,
                     other => unreachable!("the selection only picks float tensors, not {other}"),
                 }
             }
@@ -491,6 +502,7 @@ pub(crate) mod tests {
             selection: Selection::default(),
             stats: None,
             overwrite,
+            part: Part::default(),
         }
     }
 
@@ -656,5 +668,68 @@ pub(crate) mod tests {
             "{e}"
         );
         assert!(!tmp.path().join("o").exists());
+    }
+
+    #[test]
+    fn shard_parallel_parts_finalize_to_identical_bytes() {
+        use crate::checkpoint::writer::finalize;
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, whole, parts) = (
+            tmp.path().join("in"),
+            tmp.path().join("whole"),
+            tmp.path().join("parts"),
+        );
+        checkpoint(&input);
+        run(&input, &whole, &plan(false)).unwrap();
+        let part = |rank| Plan {
+            part: Part::new(rank, 2).unwrap(),
+            ..plan(false)
+        };
+        // Rank 1 first: a part never waits for, or removes, another's files.
+        let one = run(&input, &parts, &part(1)).unwrap();
+        assert_eq!(one.tensors.len(), 2);
+        assert!(!parts.join(MANIFEST_FILE).exists());
+        let e = finalize(&parts).unwrap_err().to_string();
+        assert!(
+            e.contains("model-00001-of-00002.safetensors (rank 0)"),
+            "{e}"
+        );
+        let zero = run(&input, &parts, &part(0)).unwrap();
+        assert_eq!(zero.tensors.len(), 1);
+        let done = finalize(&parts).unwrap();
+        assert_eq!(done.tensors.len(), 3);
+        assert_eq!(tree(&whole), tree(&parts));
+        let e = finalize(&parts).unwrap_err().to_string();
+        assert!(e.contains("already finished"), "{e}");
+        assert!(Part::new(2, 2).is_err());
+    }
+
+    #[test]
+    fn a_part_refuses_another_runs_output_and_resumes_its_own() {
+        use crate::checkpoint::writer::finalize;
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
+        checkpoint(&input);
+        let part = |rank, sparsity, overwrite| Plan {
+            part: Part::new(rank, 2).unwrap(),
+            pattern: Pattern::PerRow { sparsity },
+            ..plan(overwrite)
+        };
+        run(&input, &out, &part(0, 0.25, false)).unwrap();
+        let e = run(&input, &out, &part(1, 0.5, false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("interrupted run with other settings"), "{e}");
+        run(&input, &out, &part(1, 0.5, true)).unwrap();
+        // Rank 0's shard of the other settings went with its journal.
+        let e = finalize(&out).unwrap_err().to_string();
+        assert!(e.contains("(rank 0)"), "{e}");
+        let again = run(&input, &out, &part(1, 0.5, false)).unwrap();
+        assert!(again.tensors.iter().all(|t| t.resumed));
+        run(&input, &out, &part(0, 0.5, false)).unwrap();
+        finalize(&out).unwrap();
+        let whole = tmp.path().join("whole");
+        run(&input, &whole, &plan(false)).unwrap();
+        assert_eq!(tree(&whole), tree(&out));
     }
 }

@@ -9,6 +9,10 @@
 //! and redoes only unfinished shards; pruning is deterministic, so the result
 //! is byte-identical to an uninterrupted run. `sparsity.json` is written last
 //! and marks the output finished; the input directory is never written to.
+//!
+//! Shard-parallel runs: a writer for one [`Part`] writes only its shards and
+//! keeps its own journal; [`finalize`] then finishes the output from the
+//! parts' journals, as a writer resuming every shard would.
 
 use super::index::INDEX_FILE;
 use super::inspect::count_zeros;
@@ -26,7 +30,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Where the writer records finished shards (removed once the output is finished).
+/// Where the writer records finished shards (removed once the output is
+/// finished); a part of a shard-parallel run uses its own name, see [`Part`].
 pub const JOURNAL_FILE: &str = ".symprune-journal.json";
 
 /// Extensions of weight files that are not copied next to the pruned model:
@@ -52,6 +57,62 @@ pub struct WriterOptions {
     /// Identifies the run's settings: an interrupted run is resumed only by a
     /// writer with the same, non-empty key (and the same input).
     pub run_key: String,
+    /// The shards this writer writes (all by default).
+    pub part: Part,
+}
+
+/// One process's share of a shard-parallel run: shard `s` belongs to rank
+/// `s % world`. Each part writes its shards and its journal
+/// `.symprune-journal.<rank>-of-<world>.json`, and never removes another
+/// part's files; [`finalize`] finishes the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for Part {
+    fn default() -> Self {
+        Part { rank: 0, world: 1 }
+    }
+}
+
+impl Part {
+    pub fn new(rank: usize, world: usize) -> Result<Part> {
+        if rank >= world {
+            return Err(Error::invalid(
+                "rank",
+                format!("rank {rank} of world size {world}: need 0 <= rank < world size"),
+            ));
+        }
+        Ok(Part { rank, world })
+    }
+
+    /// Whether shard `s` is this part's to write.
+    pub fn owns(&self, s: usize) -> bool {
+        s % self.world == self.rank
+    }
+
+    fn is_whole(&self) -> bool {
+        self.world == 1
+    }
+
+    /// Whether a file of this name may be another part's work in progress
+    /// (its shards or temporary files), found in a shared output.
+    fn may_find(&self, input: &Checkpoint, name: &str) -> bool {
+        !self.is_whole()
+            && (is_temp(name)
+                || (input.shards.iter().enumerate())
+                    .any(|(s, shard)| shard.file == name && !self.owns(s)))
+    }
+
+    fn journal_file(&self) -> String {
+        if self.is_whole() {
+            JOURNAL_FILE.to_string()
+        } else {
+            format!(".symprune-journal.{}-of-{}.json", self.rank, self.world)
+        }
+    }
 }
 
 /// Exact zeros among a tensor's elements.
@@ -75,8 +136,23 @@ impl ZeroCount {
 struct Journal {
     input: String,
     run: String,
+    /// Where the input is, for [`finalize`] (which is given only the output).
+    #[serde(default)]
+    input_dir: PathBuf,
+    #[serde(default)]
+    part: Part,
+    /// The manifest's run fields, recorded by a part when all its shards are done.
+    #[serde(default)]
+    manifest: Option<Map<String, Value>>,
     /// Finished shards, each with the zero counts of the tensors written into it.
     done: BTreeMap<String, BTreeMap<String, ZeroCount>>,
+}
+
+impl Journal {
+    /// Whether `other` records (part of) this same run: same input, same non-empty key.
+    fn continues(&self, other: &Journal) -> bool {
+        !other.run.is_empty() && other.input == self.input && other.run == self.run
+    }
 }
 
 #[derive(Debug)]
@@ -90,6 +166,8 @@ enum ShardState {
     Closed,
     /// Finished by an earlier, interrupted run.
     Resumed,
+    /// Another part's shard.
+    Elsewhere,
 }
 
 /// What [`CheckpointWriter::finish`] did.
@@ -132,20 +210,22 @@ impl CheckpointWriter {
         check_location(&input.dir, output_dir)?;
         fs::create_dir_all(output_dir).map_err(Error::io(output_dir))?;
         let out = output_dir.to_path_buf();
-        let fingerprint = fingerprint(&input)?;
-        let journal_path = out.join(JOURNAL_FILE);
+        let part = opts.part;
         let again =
             "pass overwrite (--overwrite) to replace it, or choose another output directory";
 
-        let previous = match fs::read(&journal_path) {
-            Ok(bytes) => serde_json::from_slice::<Journal>(&bytes).ok(),
-            Err(_) => None,
-        };
         let mut journal = Journal {
-            input: fingerprint,
+            input: fingerprint(&input)?,
             run: opts.run_key.clone(),
+            input_dir: resolve(&input.dir),
+            part,
+            manifest: None,
             done: BTreeMap::new(),
         };
+        // The journals of this run (any part of it) are resumed; another run's are in the way.
+        let (same, other): (Vec<_>, Vec<_>) = read_journals(&out)?
+            .into_iter()
+            .partition(|(_, j)| j.as_ref().is_some_and(|j| journal.continues(j)));
         // What a previous run left is removed only when this run first writes,
         // so a run that fails before writing leaves the output as it was.
         let mut stale = false;
@@ -159,30 +239,25 @@ impl CheckpointWriter {
                 ));
             }
             stale = true;
-        } else if journal_path.exists() {
-            match previous {
-                Some(p)
-                    if !p.run.is_empty() && p.input == journal.input && p.run == journal.run =>
-                {
-                    journal.done = p.done;
-                }
-                // Nothing finished yet means nothing to lose.
-                Some(p) if p.done.is_empty() => stale = true,
-                _ if opts.overwrite => stale = true,
-                _ => {
-                    return Err(Error::checkpoint(
-                        &out,
-                        format!(
-                            "holds an interrupted run with other settings, of another input, \
-                             or without a run key; rerun the same command to resume it, or {again}"
-                        ),
-                    ))
-                }
+        } else if !other.is_empty() {
+            // Nothing finished yet means nothing to lose.
+            let lost = other
+                .iter()
+                .any(|(_, j)| !matches!(j, Some(j) if j.done.is_empty()));
+            if lost && !opts.overwrite {
+                return Err(Error::checkpoint(
+                    &out,
+                    format!(
+                        "holds an interrupted run with other settings, of another input, \
+                         or without a run key; rerun the same command to resume it, or {again}"
+                    ),
+                ));
             }
-        } else if fs::read_dir(&out)
-            .map_err(Error::io(&out))?
-            .next()
-            .is_some()
+            stale = true;
+        } else if same.is_empty()
+            && holds_files(&out, &|name| {
+                part.may_find(&input, name) || (!part.is_whole() && is_journal(name))
+            })?
         {
             if !opts.overwrite {
                 return Err(Error::checkpoint(
@@ -193,24 +268,23 @@ impl CheckpointWriter {
             stale = true;
         }
 
-        // A shard counts as finished only if it is in place, whole, with its header.
+        let mut resumable: BTreeMap<_, _> = same
+            .into_iter()
+            .flat_map(|(_, j)| j.map(|j| j.done).unwrap_or_default())
+            .collect();
         let mut states = Vec::with_capacity(input.shards.len());
-        for shard in &input.shards {
-            let done = journal.done.contains_key(&shard.file) && {
-                let mut head = vec![0u8; shard.header.data_start];
-                File::open(out.join(&shard.file))
-                    .and_then(|f| {
-                        let same_len = f.metadata()?.len() == shard.len() as u64;
-                        f.read_exact_at(&mut head, 0)?;
-                        Ok(same_len && head == shard.header_bytes())
-                    })
-                    .unwrap_or(false)
-            };
-            if done {
-                states.push(ShardState::Resumed);
-            } else {
-                journal.done.remove(&shard.file);
-                states.push(ShardState::Pending);
+        for (s, shard) in input.shards.iter().enumerate() {
+            if !part.owns(s) {
+                states.push(ShardState::Elsewhere);
+                continue;
+            }
+            // A shard counts as finished only if it is in place, whole, with its header.
+            match resumable.remove(&shard.file) {
+                Some(counts) if in_place(&out, shard) => {
+                    journal.done.insert(shard.file.clone(), counts);
+                    states.push(ShardState::Resumed);
+                }
+                _ => states.push(ShardState::Pending),
             }
         }
         let writer = CheckpointWriter {
@@ -304,6 +378,7 @@ impl CheckpointWriter {
                     self.input.shards[s].file
                 )))
             }
+            ShardState::Elsewhere => return Err(self.elsewhere(s, name)),
             _ => {}
         }
         let elem = (info.dtype.bitsize() / 8).max(1);
@@ -342,8 +417,10 @@ impl CheckpointWriter {
     /// Completes shard `s`: copies everything not written from the input,
     /// fsyncs, renames it into place and records it in the journal.
     pub fn close_shard(&mut self, s: usize) -> Result<()> {
-        if matches!(self.states[s], ShardState::Closed | ShardState::Resumed) {
-            return Ok(());
+        match self.states[s] {
+            ShardState::Closed | ShardState::Resumed => return Ok(()),
+            ShardState::Elsewhere => return Err(self.elsewhere(s, "")),
+            _ => {}
         }
         self.open_shard(s)?;
         let shard = &self.input.shards[s];
@@ -394,11 +471,53 @@ impl CheckpointWriter {
     /// Closes every shard, copies the non-weight files (config, tokenizer,
     /// ...), writes the index (if the input had one) and, last, `sparsity.json`
     /// from `run` (method, parameters, pattern, ...) and the achieved sparsity
-    /// of every written tensor.
+    /// of every written tensor. A part closes its own shards and records `run`
+    /// in its journal for [`finalize`].
     pub fn finish(mut self, run: &Map<String, Value>) -> Result<FinishReport> {
+        self.claim_output()?;
         for s in 0..self.states.len() {
-            self.close_shard(s)?;
+            if self.journal.part.owns(s) {
+                self.close_shard(s)?;
+            }
         }
+        let tensors: BTreeMap<String, ZeroCount> = self
+            .journal
+            .done
+            .values()
+            .flat_map(|m| m.iter().map(|(n, c)| (n.clone(), *c)))
+            .collect();
+        let mut skipped_files = Vec::new();
+        if self.journal.part.is_whole() {
+            skipped_files = self.copy_other_files()?;
+            if let Some(index) = &self.input.index {
+                let total: usize = self.input.tensors().map(|(_, t)| t.nbytes()).sum();
+                self.write_atomic(INDEX_FILE, &index.render(total as u64))?;
+            }
+            self.write_atomic(MANIFEST_FILE, &manifest::render(run, &tensors))?;
+            for (name, _) in read_journals(&self.out)? {
+                remove_if_present(&self.out.join(name))?;
+            }
+            sync_dir(&self.out)?;
+        } else {
+            self.journal.manifest = Some(run.clone());
+            self.save_journal()?;
+        }
+        self.finished = true;
+        Ok(FinishReport {
+            bytes_written: self.bytes_written,
+            resumed_shards: self
+                .states
+                .iter()
+                .filter(|s| matches!(s, ShardState::Resumed))
+                .count(),
+            skipped_files,
+            tensors,
+        })
+    }
+
+    /// Copies the input's non-weight files (config, tokenizer, ...); returns
+    /// the names of those not copied.
+    fn copy_other_files(&mut self) -> Result<Vec<String>> {
         let mut skipped_files = Vec::new();
         let entries = fs::read_dir(&self.input.dir).map_err(Error::io(&self.input.dir))?;
         let mut names: Vec<_> = entries
@@ -422,31 +541,23 @@ impl CheckpointWriter {
             let dst = self.out.join(&name);
             self.bytes_written += fs::copy(&src, &dst).map_err(Error::io(&dst))?;
         }
-        if let Some(index) = &self.input.index {
-            let total: usize = self.input.tensors().map(|(_, t)| t.nbytes()).sum();
-            self.write_atomic(INDEX_FILE, &index.render(total as u64))?;
+        Ok(skipped_files)
+    }
+
+    /// The error for a write to shard `s`, which another part writes.
+    fn elsewhere(&self, s: usize, name: &str) -> Error {
+        let Part { world, .. } = self.journal.part;
+        let file = &self.input.shards[s].file;
+        let msg = format!(
+            "shard {file} is written by rank {} of {world}, not by this rank {}",
+            s % world,
+            self.journal.part.rank
+        );
+        if name.is_empty() {
+            Error::checkpoint(&self.out, msg)
+        } else {
+            Error::tensor(&self.out, name, msg)
         }
-        let tensors: BTreeMap<String, ZeroCount> = self
-            .journal
-            .done
-            .values()
-            .flat_map(|m| m.iter().map(|(n, c)| (n.clone(), *c)))
-            .collect();
-        self.write_atomic(MANIFEST_FILE, &manifest::render(run, &tensors))?;
-        let journal = self.out.join(JOURNAL_FILE);
-        fs::remove_file(&journal).map_err(Error::io(&journal))?;
-        sync_dir(&self.out)?;
-        self.finished = true;
-        Ok(FinishReport {
-            bytes_written: self.bytes_written,
-            resumed_shards: self
-                .states
-                .iter()
-                .filter(|s| matches!(s, ShardState::Resumed))
-                .count(),
-            skipped_files,
-            tensors,
-        })
     }
 
     /// Stops without finishing: removes the temporary files; shards already
@@ -465,10 +576,25 @@ impl CheckpointWriter {
         Ok((s, info))
     }
 
-    /// Clears what a previous run left, before the first write of this one.
+    /// Clears what a previous run left, before the first write of this one:
+    /// never this run's journals or resumed shards, nor what another part may
+    /// be writing.
     fn claim_output(&mut self) -> Result<()> {
         if self.stale {
-            clear_output(&self.out)?;
+            let same: Vec<String> = read_journals(&self.out)?
+                .into_iter()
+                .filter(|(_, j)| j.as_ref().is_some_and(|j| self.journal.continues(j)))
+                .map(|(name, _)| name)
+                .collect();
+            let part = self.journal.part;
+            let keep = |name: &str| {
+                same.iter().any(|n| n == name)
+                    || part.may_find(&self.input, name)
+                    || (self.input.shards.iter().zip(&self.states)).any(|(shard, state)| {
+                        shard.file == name && matches!(state, ShardState::Resumed)
+                    })
+            };
+            clear_output(&self.out, &keep)?;
             self.save_journal()?;
             self.stale = false;
         }
@@ -492,7 +618,7 @@ impl CheckpointWriter {
 
     fn save_journal(&self) -> Result<()> {
         let text = serde_json::to_string(&self.journal).expect("JSON");
-        self.write_atomic(JOURNAL_FILE, &text)
+        self.write_atomic(&self.journal.part.journal_file(), &text)
     }
 
     /// Writes a small file through a temporary name, so it is whole or absent.
@@ -517,6 +643,126 @@ impl Drop for CheckpointWriter {
                 let _ = fs::remove_file(temp_path(&self.out, &self.input.shards[s].file));
             }
         }
+    }
+}
+
+/// Finishes an output written by the parts of a shard-parallel run (see
+/// [`Part`]): once every shard is in place, a writer resuming all of them
+/// copies the non-weight files and writes the index and `sparsity.json`
+/// from the run fields the parts recorded.
+pub fn finalize(output: &Path) -> Result<FinishReport> {
+    if output.join(MANIFEST_FILE).exists() {
+        return Err(Error::checkpoint(
+            output,
+            format!("is already finished ({MANIFEST_FILE})"),
+        ));
+    }
+    let journals = if output.is_dir() {
+        read_journals(output)?
+    } else {
+        Vec::new()
+    };
+    let mut parts = Vec::with_capacity(journals.len());
+    for (name, journal) in journals {
+        parts.push(journal.ok_or_else(|| {
+            Error::checkpoint(
+                output.join(&name),
+                "is not a journal this version can read; rerun every rank with --overwrite",
+            )
+        })?);
+    }
+    let Some((run, part)) = parts
+        .iter()
+        .find_map(|j| j.manifest.clone().map(|m| (m, j.part)))
+    else {
+        return Err(Error::checkpoint(
+            output,
+            "holds no finished part of a shard-parallel run; run every rank \
+             (--world-size N --rank R) first, then finalize",
+        ));
+    };
+    let first = &parts[0];
+    let opts = WriterOptions {
+        overwrite: false,
+        run_key: first.run.clone(),
+        part: Part::default(),
+    };
+    let writer = CheckpointWriter::create(&first.input_dir, output, &opts)?;
+    let missing: Vec<String> = writer
+        .input
+        .shards
+        .iter()
+        .enumerate()
+        .filter(|(s, _)| !writer.is_resumed(*s))
+        .map(|(s, shard)| format!("{} (rank {})", shard.file, s % part.world))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::checkpoint(
+            output,
+            format!(
+                "shards not finished by their ranks of {}: {}; run those ranks again (the same \
+                 command resumes), then finalize",
+                part.world,
+                missing.join(", ")
+            ),
+        ));
+    }
+    writer.finish(&run)
+}
+
+/// The journals in `out` (name, contents; `None` when unreadable), by name.
+fn read_journals(out: &Path) -> Result<Vec<(String, Option<Journal>)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(out).map_err(Error::io(out))? {
+        let name = entry.map_err(Error::io(out))?.file_name();
+        let name = name.to_string_lossy();
+        if is_journal(&name) {
+            let journal = fs::read(out.join(&*name))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            found.push((name.into_owned(), journal));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+fn is_journal(name: &str) -> bool {
+    name.starts_with(".symprune-journal.") && name.ends_with(".json")
+}
+
+fn is_temp(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Whether `shard` is in `out`, whole, with its header.
+fn in_place(out: &Path, shard: &super::reader::Shard) -> bool {
+    let mut head = vec![0u8; shard.header.data_start];
+    File::open(out.join(&shard.file))
+        .and_then(|f| {
+            let same_len = f.metadata()?.len() == shard.len() as u64;
+            f.read_exact_at(&mut head, 0)?;
+            Ok(same_len && head == shard.header_bytes())
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `out` holds files other than those `expected`.
+fn holds_files(out: &Path, expected: &dyn Fn(&str) -> bool) -> Result<bool> {
+    for entry in fs::read_dir(out).map_err(Error::io(out))? {
+        let name = entry.map_err(Error::io(out))?.file_name();
+        if !expected(&name.to_string_lossy()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Removes a file; one already gone (another part removed it) is fine.
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path)(e)),
+        _ => Ok(()),
     }
 }
 
@@ -600,8 +846,9 @@ fn check_location(input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes what a previous run left: weights, index, manifest, journal, temp files.
-fn clear_output(out: &Path) -> Result<()> {
+/// Removes what a previous run left (weights, index, manifest, journals, temp
+/// files) except what `keep` names.
+fn clear_output(out: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> {
     for entry in fs::read_dir(out).map_err(Error::io(out))? {
         let path = entry.map_err(Error::io(out))?.path();
         let name = path
@@ -611,10 +858,10 @@ fn clear_output(out: &Path) -> Result<()> {
         let ours = name.ends_with(".safetensors")
             || name == INDEX_FILE
             || name == MANIFEST_FILE
-            || name == JOURNAL_FILE
-            || (name.starts_with('.') && name.ends_with(".tmp"));
-        if ours && path.is_file() {
-            fs::remove_file(&path).map_err(Error::io(&path))?;
+            || is_journal(&name)
+            || is_temp(&name);
+        if ours && !keep(&name) && path.is_file() {
+            remove_if_present(&path)?;
         }
     }
     Ok(())
@@ -650,6 +897,7 @@ mod tests {
             let opts = WriterOptions {
                 overwrite,
                 run_key: key.into(),
+                ..WriterOptions::default()
             };
             CheckpointWriter::create(&input, &out, &opts)
         };
@@ -674,7 +922,7 @@ mod tests {
         checkpoint(&input);
         let opts = WriterOptions {
             overwrite: true,
-            run_key: String::new(),
+            ..WriterOptions::default()
         };
         CheckpointWriter::create(&input, &out, &opts)
             .unwrap()

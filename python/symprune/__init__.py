@@ -6,7 +6,13 @@ from typing import Any
 
 from symprune import ops
 from symprune._core import __version__
-from symprune.errors import CheckpointError, InvalidInputError, ModelError, SymPruneError
+from symprune.errors import (
+    CheckpointError,
+    DistributedError,
+    InvalidInputError,
+    ModelError,
+    SymPruneError,
+)
 
 # The model-level API needs torch and transformers; import it on first use so
 # that `symprune.ops` and the checkpoint tools stay light.
@@ -23,6 +29,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CheckpointError",
+    "DistributedError",
     "InvalidInputError",
     "ModelError",
     "SymPruneError",

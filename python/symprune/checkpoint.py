@@ -11,7 +11,9 @@ Rust on memory maps, one tensor at a time, so memory stays near one tensor
   copied byte for byte), resumable after an interruption, and finished by
   ``sparsity.json``, the manifest of the run;
 - :func:`prune_checkpoint` prunes with a data-free method, or a data-aware one
-  from a statistics file, shard to shard entirely in Rust;
+  from a statistics file, shard to shard entirely in Rust; ``rank`` /
+  ``world_size`` split the shards among processes, and :func:`finalize`
+  finishes their common output;
 - :func:`inspect` measures per-tensor sparsity and checks an N:M pattern.
 
 Malformed files raise :class:`~symprune.errors.CheckpointError` naming the
@@ -353,6 +355,8 @@ def prune_checkpoint(
     seed: int = 0,
     activation: bool = True,
     lam: float = 1.0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> PruneReport:
     """Prunes the checkpoint in ``model`` into ``output``, shard by shard, in Rust.
 
@@ -364,6 +368,11 @@ def prune_checkpoint(
     (``re:`` optional) matched anywhere in a tensor or module name; by default the
     linear weights of the decoder blocks are pruned. ``progress=True`` shows a bar.
     A re-run after an interruption resumes and gives byte-identical output.
+
+    With ``world_size`` > 1 this process prunes only the shards ``k`` with
+    ``k % world_size == rank`` (its part; the report covers them alone) and
+    leaves the output unfinished; once every rank is done, :func:`finalize`
+    completes it, byte-identical to a single process's output.
     """
     n = m = 0
     if pattern is not None:
@@ -390,6 +399,8 @@ def prune_checkpoint(
         stats=None if stats is None else str(stats),
         overwrite=overwrite,
         progress=_bar(progress),
+        rank=rank,
+        world=world_size,
     )
     data = json.loads(raw)
     return PruneReport(
@@ -404,6 +415,54 @@ def prune_checkpoint(
         skipped_files=data["skipped_files"],
         seconds=data["seconds"],
         peak_rss_mb=peak_rss_mb(),
+    )
+
+
+@dataclass(frozen=True)
+class Finalized:
+    """What :func:`finalize` did: the whole checkpoint's achieved sparsity."""
+
+    output: str
+    tensors: dict[str, float]  # achieved sparsity of every pruned tensor
+    sparsity: float
+    zeros: int
+    numel: int
+    bytes_written: int
+    skipped_files: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        rows = [
+            ("tensors pruned", str(len(self.tensors))),
+            ("parameters", f"{self.numel:,}"),
+            ("achieved sparsity", f"{self.sparsity:.4f}"),
+            ("output", self.output),
+        ]
+        if self.skipped_files:
+            rows.append(("not copied", ", ".join(self.skipped_files)))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def finalize(output: str | Path) -> Finalized:
+    """Finishes the output of a shard-parallel :func:`prune_checkpoint` once every
+    rank has written its shards: copies the non-weight files and writes the index
+    and ``sparsity.json`` (from the parts' journals, which name the input).
+    Names the shards still missing, and the ranks that write them, otherwise."""
+    data = json.loads(_core.finalize(str(output)))
+    counts = data["tensors"]
+    zeros = sum(c["zeros"] for c in counts.values())
+    numel = sum(c["numel"] for c in counts.values())
+    return Finalized(
+        output=str(output),
+        tensors={n: c["zeros"] / c["numel"] if c["numel"] else 0.0 for n, c in counts.items()},
+        sparsity=zeros / numel if numel else 0.0,
+        zeros=zeros,
+        numel=numel,
+        bytes_written=data["bytes_written"],
+        skipped_files=data["skipped_files"],
     )
 
 
@@ -503,10 +562,12 @@ __all__ = [
     "MANIFEST",
     "CheckpointReader",
     "CheckpointWriter",
+    "Finalized",
     "Inspection",
     "PruneReport",
     "TensorReport",
     "TensorSparsity",
+    "finalize",
     "inspect",
     "manifest",
     "peak_rss_mb",

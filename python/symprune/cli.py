@@ -126,6 +126,19 @@ def add_prune(sub: Any) -> None:
     refine.add_argument("--gamma", type=float, help="R2-DSnoT regularization weight")
     refine.add_argument("--refine-p", type=float, help="R2-DSnoT penalty norm p")
     refine.add_argument("--on-reject", choices=("stop", "skip"), help="R2-DSnoT")
+    scale = p.add_argument_group(
+        "shard-parallel pruning without torch.distributed (data-free methods, --stats); "
+        "under torchrun the ranks come from its environment and rank 0 finishes the output"
+    )
+    scale.add_argument(
+        "--world-size",
+        type=int,
+        metavar="N",
+        help="split the shards among N processes; then run `symprune finalize OUT_DIR`",
+    )
+    scale.add_argument(
+        "--rank", type=int, metavar="R", help="this process prunes the shards k with k %% N == R"
+    )
     p.set_defaults(run=run_prune)
 
 
@@ -172,10 +185,14 @@ def prune_options(args: argparse.Namespace) -> dict[str, Any]:
         "targets": args.targets,
         "ignore": args.ignore,
         "overwrite": args.overwrite,
-        "evaluate": args.eval if args.eval is not None else args.model_dir is None,
+        "evaluate": args.eval
+        if args.eval is not None
+        else args.model_dir is None and args.world_size is None,
         "eval_seqlen": args.eval_seqlen,
         "eval_windows": args.eval_windows,
         "progress": args.progress,
+        "rank": args.rank,
+        "world_size": args.world_size,
         **params,
     }
 
@@ -185,8 +202,18 @@ def run_prune(args: argparse.Namespace) -> int:
 
     if args.model_dir is not None and args.out_dir is None:
         raise InvalidInputError("OUT_DIR is required with MODEL_DIR (an output directory)")
+    from symprune.distributed import launched_rank
+
     report = api.prune(args.model_dir, args.out_dir, **prune_options(args))
+    if args.world_size is None and launched_rank() != 0:
+        return 0  # under torchrun, rank 0 reports the finished checkpoint
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    if args.world_size is not None:
+        print(
+            f"part {args.rank} of {args.world_size} done; once every rank is: "
+            f"symprune finalize {report.output}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -222,7 +249,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         ignore=args.ignore,
         progress=args.progress,
     )
-    print(f"statistics written to {out}")
+    from symprune.distributed import launched_rank
+
+    if launched_rank() == 0:
+        print(f"statistics written to {out}")
     return 0
 
 
@@ -246,6 +276,27 @@ def run_inspect(args: argparse.Namespace) -> int:
         args.dir, pattern=args.pattern, targets=args.targets, ignore=args.ignore
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+    return 0
+
+
+def add_finalize(sub: Any) -> None:
+    p = sub.add_parser(
+        "finalize",
+        help="finish the output of a shard-parallel prune (--world-size/--rank)",
+        description="Once every rank of `symprune prune MODEL_DIR OUT_DIR --world-size N "
+        "--rank R` is done, copy the non-weight files into OUT_DIR and write the index and "
+        "sparsity.json; otherwise name the shards still missing and their ranks. The ranks "
+        "must have written to the same OUT_DIR (a shared filesystem) from the same MODEL_DIR. "
+        "Under torchrun, rank 0 does this itself.",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=run_finalize)
+
+
+def run_finalize(args: argparse.Namespace) -> int:
+    done = checkpoint.finalize(args.out_dir)
+    print(json.dumps(done.to_dict(), indent=2) if args.json else done.summary())
     return 0
 
 
@@ -407,6 +458,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     add_prune,
     add_calibrate,
     add_inspect,
+    add_finalize,
     add_eval,
     add_report,
 ]

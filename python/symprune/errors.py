@@ -17,3 +17,7 @@ class CheckpointError(SymPruneError):
 
 class ModelError(SymPruneError):
     """A model cannot be handled (unknown layout, missing config or weights)."""
+
+
+class DistributedError(SymPruneError):
+    """Another rank of a distributed run failed, or the ranks lost contact."""

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from symprune import data, methods
+from symprune import data, distributed, methods
 from symprune.calibrate import LinearStats, collecting, is_transposed, linear_modules
 from symprune.errors import InvalidInputError
 from symprune.methods import PruneSettings
@@ -164,8 +164,14 @@ def prune_streamed(
     overwrite: bool = False,
     progress: bool = True,
     write: Callable[[str, torch.Tensor], None] | None = None,
+    ranks: distributed.Ranks | None = None,
 ) -> Report:
-    """Sequential layer-by-layer pruning (see the module docstring); see :func:`symprune.prune`."""
+    """Sequential layer-by-layer pruning (see the module docstring); see :func:`symprune.prune`.
+
+    With ``ranks`` (data-parallel calibration), this rank calibrates on its block of the
+    windows, the statistics are summed over the ranks, and only rank 0 writes; the
+    layer records (seconds, reconstruction error) are this rank's.
+    """
     t_start = time.perf_counter()
     model_dir = Path(model) if model is not None else data.builtin_model()
     spec = methods.get(method)
@@ -180,7 +186,7 @@ def prune_streamed(
     calib = calibration or Calibration()
     device = device or default_device()
     writer = None
-    if output is not None and write is None:
+    if output is not None and write is None and (ranks is None or ranks.leader):
         from symprune.checkpoint import CheckpointWriter
 
         writer = CheckpointWriter(model_dir, output, overwrite=overwrite)  # fails fast
@@ -194,6 +200,8 @@ def prune_streamed(
             )
         _check_targets(streamed, targets, ignore)
         ids = calibration_ids(model_dir, calib)
+        if ranks is not None:
+            ids = ids[ranks.windows(len(ids))]
         report = Report(
             model=str(model_dir),
             output=str(output) if output else None,
@@ -223,15 +231,21 @@ def prune_streamed(
             ignore=ignore,
             hessian=spec.needs_hessian,
             offload=offload_activations,
+            reduce_stats=ranks.reduce_stats if ranks is not None else None,
             progress=progress,
         )
         report.seconds = time.perf_counter() - t_start
         report.peak_rss_mb = peak_rss_mb()
-        if writer is not None:
-            report.bytes_written = writer.finish(manifest=_manifest(report))["bytes_written"]
+        done = distributed.leader_finishes(
+            ranks, lambda: writer.finish(manifest=_manifest(report)) if writer else None
+        )
+        if done:
+            report.bytes_written = done["bytes_written"]
     except BaseException:
         if writer is not None:
             writer.abort()
+        if ranks is not None:
+            ranks.fail()
         raise
     return report
 
@@ -390,6 +404,7 @@ def calibrate_streamed(
     ignore: str | None = None,
     offload_activations: bool = False,
     progress: bool = True,
+    ranks: distributed.Ranks | None = None,
 ) -> Path:
     """Statistics of the dense model's linears, saved for pruning later without the model.
 
@@ -397,16 +412,14 @@ def calibrate_streamed(
     ``<module>.in_sq``, ``<module>.sum``, ``<module>.var``, ``<module>.out_sq``
     for the weight ``<module>.weight`` (methods.md §2). The model is not pruned
     in between, so these are the dense model's statistics (one-shot, not
-    sequential).
+    sequential). With ``ranks``, the ranks split the windows as in
+    :func:`prune_streamed` and rank 0 writes the file.
     """
     from safetensors.torch import save_file
 
     model_dir = Path(model) if model is not None else data.builtin_model()
     out = Path(output)
     calib = calibration or Calibration()
-    streamed = StreamedModel(model_dir, device or default_device())
-    _check_targets(streamed, targets, ignore)
-    ids = calibration_ids(model_dir, calib)
     tensors: dict[str, torch.Tensor] = {}
 
     def record(i: int, chosen: dict[str, torch.nn.Module], stats: dict[str, LinearStats]) -> bool:
@@ -415,16 +428,6 @@ def calibrate_streamed(
                 tensors[f"{streamed.layer_prefix(i)}.{rel}.{key}"] = torch.from_numpy(value)
         return False
 
-    stream_layers(
-        streamed,
-        ids,
-        calib,
-        record,
-        targets=targets,
-        ignore=ignore,
-        offload=offload_activations,
-        progress=progress,
-    )
     meta = {
         "format": "symprune-stats-v1",
         "model": str(model_dir),
@@ -433,8 +436,33 @@ def calibrate_streamed(
         "seed": str(calib.seed),
         "calibration": calib.source,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, tmp, metadata=meta)
-    tmp.replace(out)
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        save_file(tensors, tmp, metadata=meta)
+        tmp.replace(out)
+
+    try:
+        streamed = StreamedModel(model_dir, device or default_device())
+        _check_targets(streamed, targets, ignore)
+        ids = calibration_ids(model_dir, calib)
+        if ranks is not None:
+            ids = ids[ranks.windows(len(ids))]
+        stream_layers(
+            streamed,
+            ids,
+            calib,
+            record,
+            targets=targets,
+            ignore=ignore,
+            offload=offload_activations,
+            reduce_stats=ranks.reduce_stats if ranks is not None else None,
+            progress=progress,
+        )
+        distributed.leader_finishes(ranks, save)
+    except BaseException:
+        if ranks is not None:
+            ranks.fail()
+        raise
     return out

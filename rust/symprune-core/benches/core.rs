@@ -37,8 +37,16 @@ fn benches(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("per_row_mask_50", &id), |b| {
             b.iter(|| mask::compute(sm, Pattern::PerRow { sparsity: 0.5 }, "s").unwrap())
         });
+        let sb: Vec<bf16> = s.iter().map(|&v| bf16::from_f32(v)).collect();
+        let smb = MatRef::new(&sb, rows, cols, "s").unwrap();
+        group.bench_function(BenchmarkId::new("per_row_mask_50_bf16", &id), |b| {
+            b.iter(|| mask::compute(smb, Pattern::PerRow { sparsity: 0.5 }, "s").unwrap())
+        });
         group.bench_function(BenchmarkId::new("nm_mask_2_4", &id), |b| {
             b.iter(|| mask::compute(sm, Pattern::NM { n: 2, m: 4 }, "s").unwrap())
+        });
+        group.bench_function(BenchmarkId::new("nm_mask_4_8_bf16", &id), |b| {
+            b.iter(|| mask::compute(smb, Pattern::NM { n: 4, m: 8 }, "s").unwrap())
         });
         group.bench_function(BenchmarkId::new("per_matrix_mask_50", &id), |b| {
             b.iter(|| mask::compute(sm, Pattern::PerMatrix { sparsity: 0.5 }, "s").unwrap())

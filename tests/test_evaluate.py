@@ -155,7 +155,7 @@ def test_lm_eval_task_without_local_data_says_so(smollm2_dir, tmp_path):
     # A hub dataset that is not in the local cache: the hub is off, so it cannot load.
     yaml = TASK_YAML.replace("dataset_path: json", "dataset_path: symprune-tests/not-cached")
     tasks = write_task(tmp_path / "tasks", yaml)
-    with pytest.raises(SymPruneError, match="'symprune_toy': its data is not available locally"):
+    with pytest.raises(SymPruneError, match="'symprune_toy': data not available locally"):
         zero_shot(smollm2_dir, ["symprune_toy"], include_path=tasks, device="cpu")
 
 

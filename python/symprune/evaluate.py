@@ -148,25 +148,33 @@ def _task_manager(tasks: Sequence[str], include_path: str | Path | None) -> Any:
 
 
 def _check_tasks(tasks: Sequence[str], manager: Any) -> None:
-    """Loads every task's data once, so that a missing one fails before the model loads."""
+    """Loads every task's data once, so that missing data fails before the model loads.
+
+    Every task is tried, so one message names all that are missing.
+    """
     from lm_eval.tasks import get_task_dict
 
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise InvalidInputError(
+            f"zero-shot tasks {', '.join(map(repr, unknown))}: unknown to lm-eval; name its "
+            "tasks (e.g. " + ", ".join(PAPER_TASKS) + ") or tasks of --include-path"
+        )
+    missing: dict[str, str] = {}
     for task in tasks:
-        if task not in manager.all_tasks:
-            raise InvalidInputError(
-                f"zero-shot task {task!r} is unknown to lm-eval; name one of its tasks "
-                "(e.g. " + ", ".join(PAPER_TASKS) + ") or a task of --include-path"
-            )
         try:
             get_task_dict([task], manager)
         except (OSError, ValueError) as e:
-            raise SymPruneError(
-                f"zero-shot task {task!r}: its data is not available locally (lm-eval said: "
-                f"{' '.join(str(e).split())[:300]}); there is no hub access "
-                "(HF_DATASETS_OFFLINE), so put the dataset into the datasets cache "
-                "(HF_DATASETS_CACHE) on a machine with hub access first, or describe a local "
-                "copy with a task YAML (dataset_path: json) in --include-path"
-            ) from e
+            missing[task] = " ".join(str(e).split())[:200]
+    if missing:
+        said = "; ".join(f"{t}: {why}" for t, why in missing.items())
+        raise SymPruneError(
+            f"zero-shot tasks {', '.join(map(repr, missing))}: data not available locally "
+            f"(lm-eval said: {said}); there is no hub access (HF_DATASETS_OFFLINE), so put "
+            "the datasets into the datasets cache (HF_DATASETS_CACHE) on a machine with hub "
+            "access first, or describe a local copy with a task YAML (dataset_path: json) "
+            "in --include-path"
+        )
 
 
 def zero_shot(

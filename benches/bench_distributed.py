@@ -38,7 +38,8 @@ import torch.distributed as dist
 
 from symprune import data, distributed
 from symprune.calibrate import linear_modules
-from symprune.pipeline import Calibration, calibrate_streamed, calibration_ids
+from symprune.pipeline import calibrate_streamed, calibration_ids
+from symprune.spec import Calibration
 from symprune.streaming import StreamedModel
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -128,7 +129,7 @@ def main() -> None:
         folder = Path(tmp)
         (folder / "calib.txt").write_text(data.builtin_corpus().calibration[:2_000_000])
         # Tokenizes once into symprune's cache, so no timed run pays for it.
-        calibration_ids(model_dir, Calibration(source=str(folder / "calib.txt")))
+        calibration_ids(model_dir, Calibration(str(folder / "calib.txt"), 1, 8))
         torch.set_num_threads(1)
         single_1 = timed_runs(args, folder, lambda: None)
         torch.set_num_threads(2)

@@ -133,8 +133,8 @@ def child(what: str, args: argparse.Namespace) -> None:
     tensors = [torch.from_numpy(x) for x in (start, *stats)]
     runs = {
         "wanda": lambda: (ops.mask(ops.wanda(weight, in_sq), args.sparsity), {}),
-        "rust": lambda: ops.dsnot(weight, start, *stats, threshold=threshold, return_report=True),
-        "r2": lambda: ops.r2dsnot(weight, start, *stats, threshold=threshold, return_report=True),
+        "rust": lambda: ops.dsnot(weight, start, *stats, threshold=threshold),
+        "r2": lambda: ops.r2dsnot(weight, start, *stats, threshold=threshold),
         "torch": lambda: (torch_dsnot(weight, *tensors, threshold=threshold).numpy(), {}),
     }
     base, _ = memory_mib()
@@ -149,7 +149,7 @@ def child(what: str, args: argparse.Namespace) -> None:
     np.save(Path(args.out) / f"{what}.npy", out)
     wall, cpu = min(times)
     result = {"seconds": wall, "cpu": cpu, "peak": peak, "base": base}
-    result |= {k: report[k] for k in ("swaps", "cycles") if k in report}
+    result |= {k: getattr(report, k) for k in ("swaps", "cycles") if hasattr(report, k)}
     print(json.dumps(result))
 
 

@@ -35,7 +35,8 @@ if args["mode"] == "streamed":
 elif args["mode"] == "whole":
     from transformers import AutoModelForCausalLM
     from symprune import data, ops
-    from symprune.pipeline import Calibration, calibration_ids
+    from symprune.pipeline import calibration_ids
+    from symprune.spec import Calibration
     model = AutoModelForCausalLM.from_pretrained(args["model"]).to(args["device"]).eval()
     ids = calibration_ids(args["model"], Calibration(source=args["calib"],
                           nsamples=args["nsamples"], seqlen=args["seqlen"]))
@@ -76,7 +77,8 @@ elif args["mode"] == "calib":
                        calibration=args["calib"], progress=False)
 elif args["mode"] == "forward":
     from transformers import AutoModelForCausalLM
-    from symprune.pipeline import Calibration, calibration_ids
+    from symprune.pipeline import calibration_ids
+    from symprune.spec import Calibration
     model = AutoModelForCausalLM.from_pretrained(args["model"]).to(args["device"]).eval()
     ids = calibration_ids(args["model"], Calibration(source=args["calib"],
                           nsamples=args["nsamples"], seqlen=args["seqlen"]))

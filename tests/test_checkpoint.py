@@ -17,10 +17,10 @@ from symprune.checkpoint import (
     CheckpointReader,
     CheckpointWriter,
     inspect,
-    manifest,
     prune_checkpoint,
     read_manifest,
 )
+from symprune.spec import PruneSpec
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-def expected_masks(weights, method, *, sparsity=0.5, group="per-row", pattern=None, stats=None):
+def expected_masks(weights, method, *, sparsity=0.5, pattern=None, stats=None):
     """Masks of every default-selected weight through symprune.ops."""
     out = {}
     for name, w in weights.items():
@@ -53,7 +53,7 @@ def expected_masks(weights, method, *, sparsity=0.5, group="per-row", pattern=No
         if stats is not None:
             extra = {"in_sq": stats[prefix + ".in_sq"], "out_sq": stats[prefix + ".out_sq"]}
         scores = ops.score(w, method, tensor=name, **extra)
-        out[name] = ops.mask(scores, sparsity, group=group, pattern=pattern, tensor=name)
+        out[name] = ops.mask(scores, sparsity, pattern=pattern, tensor=name)
     return out
 
 
@@ -83,9 +83,9 @@ def check_output(src: Path, dst: Path, masks: dict[str, np.ndarray]) -> None:
 
 CASES = [
     ("magnitude", {"sparsity": 0.5}),
-    ("symmetric", {"sparsity": 0.6, "group": "per-matrix"}),
+    ("symmetric", {"sparsity": 0.6, "pattern": "per-matrix"}),
     ("magnitude", {"pattern": "2:4"}),
-    ("ria", {"sparsity": 0.3, "a": 0.0, "group": "per-matrix"}),
+    ("ria", {"sparsity": 0.3, "params": {"a": 0.0}, "pattern": "per-matrix"}),
 ]
 
 
@@ -94,10 +94,10 @@ def test_round_trip_matches_ops(tiny, tmp_path, method, kw):
     digest = tree_digest(tiny)
     out = tmp_path / "out"
     report = prune_checkpoint(tiny, out, method=method, **kw)
-    mask_kw = {k: v for k, v in kw.items() if k in ("sparsity", "group", "pattern")}
+    mask_kw = {k: v for k, v in kw.items() if k in ("sparsity", "pattern")}
     if method == "ria":  # ops.ria with a = 0 needs no statistics either
         masks = {
-            n: ops.mask(ops.ria(w, None, a=0.0), kw["sparsity"], group=kw["group"], tensor=n)
+            n: ops.mask(ops.ria(w, None, a=0.0), kw["sparsity"], pattern=kw["pattern"], tensor=n)
             for n, w in load(tiny).items()
             if LINEAR.fullmatch(n)
         }
@@ -110,12 +110,12 @@ def test_round_trip_matches_ops(tiny, tmp_path, method, kw):
     for t in report.tensors:
         assert t.sparsity == masks[t.name].sum() / masks[t.name].size
         assert t.zeros == masks[t.name].sum()
-    if "pattern" not in kw and kw.get("group", "per-row") == "per-row":
+    if kw.get("pattern", "per-row") == "per-row":
         for m in masks.values():
             assert (m.sum(axis=1) == int(m.shape[1] * kw["sparsity"])).all()
     info = read_manifest(out)
     assert info["method"] == method
-    assert info["pattern"] == kw.get("pattern", kw.get("group", "per-row"))
+    assert info["pattern"] == kw.get("pattern", "per-row")
     assert info["symprune_version"] == __version__
     assert set(info["tensors"]) == set(masks)
     assert not list(out.glob(".*"))  # no journal, no temporary files
@@ -163,7 +163,9 @@ def test_missing_statistics_are_named(tiny, tmp_path):
     stats_file(tiny, tmp_path / "stats.safetensors", drop=missing + ".in_sq")
     with pytest.raises(CheckpointError, match=rf"tensor {missing}\.weight: .*no {missing}\.in_sq"):
         prune_checkpoint(tiny, tmp_path / "o", method="wanda", stats=tmp_path / "stats.safetensors")
-    with pytest.raises(InvalidInputError, match="calibration is needed; pass --stats FILE"):
+    with pytest.raises(
+        InvalidInputError, match="needs activation statistics: give a"
+    ):
         prune_checkpoint(tiny, tmp_path / "o", method="wanda")
     assert not (tmp_path / "o").exists()
 
@@ -207,7 +209,7 @@ def test_python_writer_matches_the_engine(tiny, tmp_path):
             w = reader.torch(name).clone()
             w[torch.from_numpy(prune)] = 0
             writer.write(name, w.float() if w.dtype == torch.bfloat16 else w)
-        done = writer.finish(manifest("magnitude", pattern="per-row", sparsity=0.5))
+        done = writer.finish(PruneSpec(method="magnitude", sparsity=0.5).describe())
     assert set(done["tensors"]) == set(masks)
     for file in [*SHARDS, "model.safetensors.index.json", "config.json"]:
         assert (engine / file).read_bytes() == (by_hand / file).read_bytes(), file
@@ -255,24 +257,28 @@ def test_an_interrupted_run_resumes_byte_identical(tiny, tmp_path):
 
 def test_output_location_is_checked(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="is the input directory .* or inside it"):
-        prune_checkpoint(tiny, tiny / "pruned")
+        prune_checkpoint(tiny, tiny / "pruned", method="magnitude")
     with pytest.raises(CheckpointError, match="is the input directory"):
-        prune_checkpoint(tiny, tiny)
+        prune_checkpoint(tiny, tiny, method="magnitude")
     out = tmp_path / "out"
-    prune_checkpoint(tiny, out)
+    prune_checkpoint(tiny, out, method="magnitude")
     with pytest.raises(CheckpointError, match="already holds a finished pruned checkpoint"):
-        prune_checkpoint(tiny, out)
-    prune_checkpoint(tiny, out, overwrite=True, sparsity=0.25)
+        prune_checkpoint(tiny, out, method="magnitude")
+    prune_checkpoint(tiny, out, overwrite=True, method="magnitude", sparsity=0.25)
     assert read_manifest(out)["sparsity"] == 0.25
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(CheckpointError, match="exists and is not empty"):
-        prune_checkpoint(tiny, tmp_path / "busy")
+        prune_checkpoint(tiny, tmp_path / "busy", method="magnitude")
 
 
 def test_selection_rules(tiny, tmp_path):
     report = prune_checkpoint(
-        tiny, tmp_path / "a", targets=["re:.*q_proj$", "lm_head"], ignore=[r"layers\.0\."]
+        tiny,
+        tmp_path / "a",
+        method="magnitude",
+        targets=["re:.*q_proj$", "lm_head"],
+        ignore=[r"layers\.0\."],
     )
     assert sorted(t.name for t in report.tensors) == [
         "lm_head.weight",
@@ -280,14 +286,14 @@ def test_selection_rules(tiny, tmp_path):
         "model.layers.2.self_attn.q_proj.weight",
     ]
     with pytest.raises(CheckpointError, match="no tensor matches the selection"):
-        prune_checkpoint(tiny, tmp_path / "b", targets="nothing-like-this")
+        prune_checkpoint(tiny, tmp_path / "b", method="magnitude", targets="nothing-like-this")
     with pytest.raises(InvalidInputError, match="not a valid regex"):
-        prune_checkpoint(tiny, tmp_path / "c", ignore="re:(")
+        prune_checkpoint(tiny, tmp_path / "c", method="magnitude", ignore="re:(")
 
 
 def test_inspect_reports_sparsity_and_nm(tiny, tmp_path):
-    prune_checkpoint(tiny, tmp_path / "nm", pattern="2:4")
-    prune_checkpoint(tiny, tmp_path / "un", sparsity=0.5)
+    prune_checkpoint(tiny, tmp_path / "nm", method="magnitude", pattern="2:4")
+    prune_checkpoint(tiny, tmp_path / "un", method="magnitude", sparsity=0.5)
     good = inspect(tmp_path / "nm", pattern="2:4")
     bad = inspect(tmp_path / "un", pattern="2:4")
     assert good.nm_ok is True and bad.nm_ok is False

@@ -157,7 +157,7 @@ def test_prune_and_inspect(tiny, tmp_path):
         cli("prune", tiny, tmp_path / "o2", "--method", "wanda", "--stats", tmp_path / "no.st"),
         "no.st",
     )
-    one_line_error(cli("prune", tiny, tmp_path / "o3", "--pattern", "3:3"), "3:3 is not N:M")
+    one_line_error(cli("prune", tiny, tmp_path / "o3", "--pattern", "3:3"), '"3:3" is not N:M')
     one_line_error(cli("prune", tiny, tmp_path / "o4", "--sparsity", "1.5"), "sparsity")
     one_line_error(cli("prune", tmp_path / "nowhere", tmp_path / "o5"), "is not a directory")
     # A failed --overwrite run keeps the finished output; a good one replaces it.

@@ -32,7 +32,8 @@ from reference.checkpoints import tiny_llama, tree_digest
 from symprune import api, checkpoint, data, distributed
 from symprune.calibrate import LinearStats
 from symprune.errors import CheckpointError, InvalidInputError
-from symprune.pipeline import Calibration, Report, prune_streamed
+from symprune.pipeline import Report, prune_streamed
+from symprune.spec import Calibration, PruneSpec
 from symprune.streaming import StreamedModel
 
 # name -> (method, batch size, targets); every case: 4 windows of 64 tokens.
@@ -56,10 +57,9 @@ def run_case(
     return prune_streamed(
         model,
         out / name if name == WRITTEN else None,
-        method=method,
-        calibration=Calibration(source=str(calib), nsamples=4, seqlen=64, batch_size=batch),
+        PruneSpec(method=method, targets=targets),
+        Calibration(source=str(calib), nsamples=4, seqlen=64, batch_size=batch),
         device="cpu",
-        targets=targets,
         keep_masks=True,
         progress=False,
         ranks=ranks,
@@ -95,7 +95,8 @@ def _failing_run(rank: int, model: str, calib: str, out: Path, fail: Any) -> str
         prune_streamed(
             model,
             out,
-            calibration=Calibration(source=calib, nsamples=4, seqlen=64, batch_size=1),
+            PruneSpec(),
+            Calibration(source=calib, nsamples=4, seqlen=64, batch_size=1),
             device="cpu",
             progress=False,
             ranks=ranks,

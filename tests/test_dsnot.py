@@ -13,6 +13,7 @@ import torch
 
 from reference import dsnot_ref as ref
 from symprune import InvalidInputError, data, ops
+from symprune.spec import VOCABULARY
 
 # (rows, cols, pattern): odd shapes unstructured, multiples of M for N:M.
 SHAPES = [(17, 53, None), (9, 91, None), (13, 48, "2:4"), (6, 96, "4:8")]
@@ -75,24 +76,27 @@ def random_layer(rows: int, cols: int, seed: int):
 
 
 def nm_of(pattern: str | None) -> tuple[int, int] | None:
-    return None if pattern is None else ops.parse_nm(pattern)
+    if pattern is None:
+        return None
+    n, m = pattern.split(":")
+    return int(n), int(m)
 
 
 def ref_mask(rows: list[ref.Row]) -> np.ndarray:
     return np.array([r.mask for r in rows], dtype=bool)
 
 
-def check_report(report: dict, rows: list[ref.Row], max_cycles: int) -> None:
-    np.testing.assert_array_equal(report["swaps_per_row"], [r.swaps for r in rows])
-    assert report["swaps"] == sum(r.swaps for r in rows)
-    assert report["rows_stopped"] == sum(r.stopped for r in rows)
-    assert report["cycles"] == max((r.cycles for r in rows), default=0) <= max_cycles
+def check_report(report: ops.RefineReport, rows: list[ref.Row], max_cycles: int) -> None:
+    np.testing.assert_array_equal(report.swaps_per_row, [r.swaps for r in rows])
+    assert report.swaps == sum(r.swaps for r in rows)
+    assert report.rows_stopped == sum(r.stopped for r in rows)
+    assert report.cycles == max((r.cycles for r in rows), default=0) <= max_cycles
 
 
 def check_structure(out: np.ndarray, start: np.ndarray, pattern: str | None) -> None:
     np.testing.assert_array_equal(out.sum(axis=1), start.sum(axis=1))
     if pattern is not None:
-        n, m = ops.parse_nm(pattern)
+        n, m = nm_of(pattern)
         assert (out.reshape(out.shape[0], -1, m).sum(axis=2) == n).all()
 
 
@@ -111,9 +115,7 @@ def test_dsnot_matches_reference(rows, cols, pattern, dtype):
     w = weight.float().numpy()
     start = ops.mask(ops.wanda(weight, in_sq), 0.6, pattern=pattern)
     for params in DSNOT:
-        out, report = ops.dsnot(
-            weight, start, in_sq, act_sum, act_var, pattern=pattern, return_report=True, **params
-        )
+        out, report = ops.dsnot(weight, start, in_sq, act_sum, act_var, pattern=pattern, **params)
         expect = ref.dsnot(w, start, in_sq, act_sum, act_var, nm=nm_of(pattern), **params)
         np.testing.assert_array_equal(out, ref_mask(expect), err_msg=str(params))
         check_report(report, expect, params.get("max_cycles", 50))
@@ -130,14 +132,12 @@ def test_r2dsnot_matches_reference(rows, cols, pattern, dtype):
     start = ops.mask(ops.wanda(weight, in_sq), 0.6, pattern=pattern)
     swaps = 0
     for params in R2:
-        out, report = ops.r2dsnot(
-            weight, start, in_sq, act_sum, act_var, pattern=pattern, return_report=True, **params
-        )
+        out, report = ops.r2dsnot(weight, start, in_sq, act_sum, act_var, pattern=pattern, **params)
         expect = ref.r2dsnot(w, start, in_sq, act_sum, act_var, nm=nm_of(pattern), **params)
         np.testing.assert_array_equal(out, ref_mask(expect), err_msg=str(params))
         check_report(report, expect, params.get("max_cycles", 50))
         check_structure(out, start, pattern)
-        swaps += report["swaps"]
+        swaps += report.swaps
     assert swaps > 0
 
 
@@ -145,16 +145,16 @@ def test_dsnot_initial_scores_pick_inside_groups():
     w, in_sq, act_sum, act_var = random_layer(11, 64, seed=5)
     scores = ops.magnitude(w)
     start = ops.mask(scores, pattern="2:4")
-    out = ops.dsnot(w, start, in_sq, act_sum, act_var, pattern="2:4", initial_scores=scores)
+    out, _ = ops.dsnot(w, start, in_sq, act_sum, act_var, pattern="2:4", initial_scores=scores)
     expect = ref.dsnot(w, start, in_sq, act_sum, act_var, nm=(2, 4), initial_scores=scores)
     np.testing.assert_array_equal(out, ref_mask(expect))
-    wanda = ops.dsnot(w, start, in_sq, act_sum, act_var, pattern="2:4")
+    wanda, _ = ops.dsnot(w, start, in_sq, act_sum, act_var, pattern="2:4")
     assert (wanda != out).any()  # the initial scores matter
     # Unstructured DSnoT orders by Wanda whatever the initial scores.
     start = ops.mask(scores, 0.5)
     np.testing.assert_array_equal(
-        ops.dsnot(w, start, in_sq, act_sum, act_var, initial_scores=scores),
-        ops.dsnot(w, start, in_sq, act_sum, act_var),
+        ops.dsnot(w, start, in_sq, act_sum, act_var, initial_scores=scores)[0],
+        ops.dsnot(w, start, in_sq, act_sum, act_var)[0],
     )
 
 
@@ -176,7 +176,7 @@ def test_r2dsnot_invariants(initial, gamma, on_reject, alpha):
 
     prev, _ = phi(start)
     for cycles in range(1, 25):
-        out = ops.r2dsnot(
+        out, _ = ops.r2dsnot(
             w,
             start,
             in_sq,
@@ -208,27 +208,28 @@ def test_r2dsnot_defaults_are_the_measured_ones():
 
     measured = {"ri_phase": "prune", "alpha": 1.0, "gamma": 0.0, "p": 1.0}
     measured |= {"same_sign": True, "on_reject": "stop", "max_cycles": 50, "threshold": 0.1}
-    for fn in (ops.r2dsnot, ref.r2dsnot):
-        defaults = {k: v.default for k, v in inspect.signature(fn).parameters.items()}
-        assert {k: defaults[k] for k in measured} == measured, fn
+    core = {p["name"]: p["default"] for p in VOCABULARY["refiners"]["r2dsnot"]["parameters"]}
+    assert {k: core[k] for k in measured} == measured
+    defaults = {k: v.default for k, v in inspect.signature(ref.r2dsnot).parameters.items()}
+    assert {k: defaults[k] for k in measured} == measured
     w, in_sq, act_sum, act_var = random_layer(20, 60, seed=4)
     start = ops.mask(ops.wanda(w, in_sq), 0.6)
     np.testing.assert_array_equal(
-        ops.r2dsnot(w, start, in_sq, act_sum, act_var),
-        ops.r2dsnot(w, start, in_sq, act_sum, act_var, **measured),
+        ops.r2dsnot(w, start, in_sq, act_sum, act_var)[0],
+        ops.r2dsnot(w, start, in_sq, act_sum, act_var, **measured)[0],
     )
     assert (
-        ops.r2dsnot(w, start, in_sq, act_sum, act_var)
-        != ops.r2dsnot(w, start, in_sq, act_sum, act_var, alpha=0.5)
+        ops.r2dsnot(w, start, in_sq, act_sum, act_var)[0]
+        != ops.r2dsnot(w, start, in_sq, act_sum, act_var, alpha=0.5)[0]
     ).any()
 
 
 def test_large_gamma_returns_the_wanda_mask():
     w, in_sq, act_sum, act_var = random_layer(20, 60, seed=3)
     start = ops.mask(ops.wanda(w, in_sq), 0.6)
-    out, report = ops.r2dsnot(w, start, in_sq, act_sum, act_var, gamma=1e6, return_report=True)
+    out, report = ops.r2dsnot(w, start, in_sq, act_sum, act_var, gamma=1e6)
     np.testing.assert_array_equal(out, start)
-    assert report["swaps"] == 0 and report["rows_stopped"] == 20 and report["cycles"] == 1
+    assert report.swaps == 0 and report.rows_stopped == 20 and report.cycles == 1
 
 
 def test_zero_variance_is_floored_at_the_smallest_normal_float32():
@@ -238,12 +239,12 @@ def test_zero_variance_is_floored_at_the_smallest_normal_float32():
     floored = act_var.copy()
     floored[:5] = np.finfo(np.float32).smallest_normal
     for fn in (ops.dsnot, ops.r2dsnot):
-        got = fn(w, start, in_sq, act_sum, act_var)
-        np.testing.assert_array_equal(got, fn(w, start, in_sq, act_sum, floored))
+        got, _ = fn(w, start, in_sq, act_sum, act_var)
+        np.testing.assert_array_equal(got, fn(w, start, in_sq, act_sum, floored)[0])
     # A constant channel with D != 0 is regrown first (infinite priority).
     ranked = ref.dsnot(w, start, in_sq, act_sum, act_var, max_cycles=1)
     np.testing.assert_array_equal(
-        ops.dsnot(w, start, in_sq, act_sum, act_var, max_cycles=1), ref_mask(ranked)
+        ops.dsnot(w, start, in_sq, act_sum, act_var, max_cycles=1)[0], ref_mask(ranked)
     )
 
 
@@ -269,11 +270,12 @@ def test_bad_input_is_refused():
     fails("row 4 prunes", w, uneven, in_sq, act_sum, act_var)
     fails("not 2; the initial mask must be 2:4", pattern="2:4", fn=ops.r2dsnot)
     fails("prune_mask: expected a bool array", w, start.T, in_sq, act_sum, act_var)
-    fails("ri_phase 'both'", fn=ops.r2dsnot, ri_phase="both")
+    fails('ri_phase: "both" is not one of prune, grow, none', fn=ops.r2dsnot, ri_phase="both")
     fails("on_reject", fn=ops.r2dsnot, on_reject="retry")
     fails("gamma", fn=ops.r2dsnot, gamma=-1.0)
     fails("threshold", threshold=float("nan"))
-    fails("max_cycles: -1 must be >= 0", max_cycles=-1)
+    fails("max_cycles: -1 must be a whole number >= 0", max_cycles=-1)
+    fails("unknown parameter gamma; dsnot takes max_cycles", gamma=1.0)
     fails(
         "initial_scores",
         w,
@@ -397,13 +399,13 @@ def test_real_layers_match_reference(smollm2_calibrated, name, dtype, pattern, v
     w = weight.float().numpy()
     start = ops.mask(ops.wanda(weight, in_sq), 0.6, pattern=pattern)
     out, report = getattr(ops, variant)(
-        weight, start, in_sq, act_sum, act_var, pattern=pattern, return_report=True, **params
+        weight, start, in_sq, act_sum, act_var, pattern=pattern, **params
     )
     expect = getattr(ref, variant)(w, start, in_sq, act_sum, act_var, nm=nm_of(pattern), **params)
     np.testing.assert_array_equal(out, ref_mask(expect))
     check_report(report, expect, 50)
     check_structure(out, start, pattern)
-    assert report["swaps"] > 0
+    assert report.swaps > 0
     if variant == "r2dsnot" and params.get("gamma", 0.0) == 0.0:
         e0, _ = err_pen(w, start, in_sq, act_sum)
         e1, _ = err_pen(w, out, in_sq, act_sum)

@@ -99,7 +99,7 @@ def test_unstructured_masks_match_reference(shape, sparsity):
         m = ops.mask(s, sparsity)
         np.testing.assert_array_equal(m, ref.mask_per_row(s, sparsity))
         assert (m.sum(axis=1) == int(shape[1] * sparsity)).all()
-        m = ops.mask(s, sparsity, group="per-matrix")
+        m = ops.mask(s, sparsity, pattern="per-matrix")
         np.testing.assert_array_equal(m, ref.mask_per_matrix(s, sparsity))
         assert m.sum() == int(s.size * sparsity)
 
@@ -117,7 +117,7 @@ def test_nm_masks_match_reference(nm):
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
 def test_adaptive_mask_matches_reference(sparsity):
     s = np.abs(rand((40, 256), 9))
-    got = ops.mask(s, sparsity, group="adaptive")
+    got = ops.mask(s, sparsity, pattern="adaptive")
     np.testing.assert_array_equal(got, ref.mask_adaptive(s, sparsity))
     assert abs(got.mean() - sparsity) <= 0.002
 
@@ -160,7 +160,7 @@ def test_non_contiguous_input_is_copied_for_reads_and_refused_for_writes():
         (lambda w, sq: ops.mask(w, pattern="4:4"), "0 < N < M"),
         (lambda w, sq: ops.mask(w, pattern="2:3"), "not a multiple of M = 3"),
         (lambda w, sq: ops.mask(w, pattern="two:four"), "not N:M"),
-        (lambda w, sq: ops.mask(w, 0.5, group="per-col"), "group"),
+        (lambda w, sq: ops.mask(w, 0.5, pattern="per-col"), "pattern"),
         (lambda w, sq: ops.score(w, "nope"), "method"),
         (lambda w, sq: ops.magnitude(w.astype(np.float64)), "float64"),
         (lambda w, sq: ops.lp_ria(w, sq, p=0.0), "p: 0"),

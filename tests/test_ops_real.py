@@ -50,7 +50,7 @@ def test_real_scores_and_masks_match_reference(smollm2_linears, name):
         for s in (0.5, 0.6):
             np.testing.assert_array_equal(ops.mask(ours, s), ref.mask_per_row(theirs, s))
             np.testing.assert_array_equal(
-                ops.mask(ours, s, group="per-matrix"), ref.mask_per_matrix(theirs, s)
+                ops.mask(ours, s, pattern="per-matrix"), ref.mask_per_matrix(theirs, s)
             )
         np.testing.assert_array_equal(ops.mask(ours, pattern="2:4"), ref.mask_nm(theirs, 2, 4))
     # Magnitude masks on raw tied weights: ties must go to the lower column.
@@ -74,7 +74,7 @@ def test_real_bf16_masks_and_apply(smollm2_linears):
     sq, _ = real_stats(w, 2)
     s = ops.wanda(t, sq)
     np.testing.assert_array_equal(s, ref.wanda(t.float().numpy(), sq))
-    m = ops.mask(s, 0.5, group="adaptive")
+    m = ops.mask(s, 0.5, pattern="adaptive")
     np.testing.assert_array_equal(m, ref.mask_adaptive(s, 0.5))
     ops.apply_mask(t, m)
     assert (t.float().numpy()[m] == 0).all() and abs(m.mean() - 0.5) <= 0.002

@@ -10,7 +10,8 @@ import torch
 
 from reference.sequential import sequential_masks
 from symprune import data
-from symprune.pipeline import Calibration, calibration_ids, prune_streamed
+from symprune.pipeline import calibration_ids, prune_streamed
+from symprune.spec import Calibration, PruneSpec
 
 TINY = dict(hidden=64, inter=128, layers=2, heads=4, kv=2)
 
@@ -112,10 +113,8 @@ def run_both(model_dir, calib_file, score, *, pattern=None, nsamples=4, seqlen=6
     report = prune_streamed(
         model_dir,
         None,
-        method=score,
-        sparsity=0.5,
-        pattern=pattern,
-        calibration=calib,
+        PruneSpec(method=score, sparsity=0.5, pattern=pattern),
+        calib,
         device="cpu",
         keep_masks=True,
         progress=False,

@@ -154,7 +154,7 @@ def test_report_refuses_unknown_names_before_any_work(tiny, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed (symprune[report])")
     args = ["report", "--out", str(tmp_path / "out"), "--models", str(tiny)]
     assert cli.main([*args, "--methods", "wandaa"]) == 1
-    assert "method 'wandaa' is not one of" in capsys.readouterr().err
+    assert 'method: "wandaa" is not one of' in capsys.readouterr().err
     assert cli.main([*args, "--methods", "wanda", "--refine", "dsnott"]) == 1
-    assert "refinement 'dsnott'" in capsys.readouterr().err
+    assert 'refine: "dsnott" is not one of' in capsys.readouterr().err
     assert not (tmp_path / "out" / "cells").exists()

@@ -16,14 +16,14 @@ from symprune.errors import (
 
 # The model-level API needs torch and transformers; import it on first use so
 # that `symprune.ops` and the checkpoint tools stay light.
-_LAZY = {"prune", "calibrate", "perplexity"}
+_LAZY = {"prune": "api", "calibrate": "api", "perplexity": "evaluate"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from symprune import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(f"symprune.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'symprune' has no attribute {name!r}")
 
 

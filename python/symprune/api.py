@@ -14,30 +14,16 @@ methods calibrate data-parallel, the Rust engine splits the shards.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from symprune import checkpoint, data, distributed, methods
+from symprune import checkpoint, data
 from symprune.errors import InvalidInputError
-from symprune.evaluate import perplexity
-from symprune.pipeline import (
-    Calibration,
-    Report,
-    TensorRecord,
-    calibrate_streamed,
-    default_device,
-    prune_streamed,
-)
+from symprune.spec import Calibration, PruneSpec
 
-# Parameters the Rust checkpoint engine understands.
-_ENGINE_PARAMS = ("a", "p", "beta", "seed", "activation", "lam")
-
-
-def default_calibration(device: str, nsamples: int | None, seqlen: int | None) -> tuple[int, int]:
-    """The published 128 × 2048 on a GPU; a CPU-sized 16 × 512 otherwise."""
-    on_gpu = device.startswith("cuda")
-    return nsamples or (128 if on_gpu else 16), seqlen or (2048 if on_gpu else 512)
+if TYPE_CHECKING:
+    from symprune.results import Report
 
 
 def default_evaluation(
@@ -48,23 +34,25 @@ def default_evaluation(
     return eval_seqlen or min(seqlen, 512), windows
 
 
-def default_output(method: str, sparsity: float, pattern: str | None, refine: str | None) -> Path:
-    target = pattern.replace(":", "of") if pattern else f"{round(sparsity * 100)}pct"
-    return (
-        Path("pruned") / f"{data.DEFAULT_MODEL}-{method}{'-' + refine if refine else ''}-{target}"
-    )
+def default_output(spec: PruneSpec) -> Path:
+    target = spec.pattern.replace(":", "of") if spec.nm else f"{round(spec.sparsity * 100)}pct"
+    refine = f"-{spec.refine}" if spec.refine else ""
+    return Path("pruned") / f"{data.DEFAULT_MODEL}-{spec.method}{refine}-{target}"
 
 
 def prune(
     model: str | Path | None = None,
     output: str | Path | None = None,
     *,
-    method: str = "wanda",
-    sparsity: float = 0.5,
+    method: str | None = None,
+    sparsity: float | None = None,
     pattern: str | None = None,
-    group: str = "per-row",
+    params: Mapping[str, Any] | None = None,
     refine: str | None = None,
-    refine_params: dict[str, Any] | None = None,
+    refine_params: Mapping[str, Any] | None = None,
+    targets: str | Sequence[str] | None = None,
+    ignore: str | Sequence[str] | None = None,
+    spec: PruneSpec | None = None,
     calibration: str = "builtin",
     nsamples: int | None = None,
     seqlen: int | None = None,
@@ -73,8 +61,6 @@ def prune(
     stats: str | Path | None = None,
     device: str | None = None,
     offload_activations: bool = False,
-    targets: str | None = None,
-    ignore: str | None = None,
     overwrite: bool = False,
     evaluate: bool = False,
     eval_seqlen: int | None = None,
@@ -82,18 +68,21 @@ def prune(
     progress: bool = True,
     rank: int | None = None,
     world_size: int | None = None,
-    **params: Any,
 ) -> Report:
     """Prunes ``model`` (a HF checkpoint folder; None = built-in SmolLM2-135M) into ``output``.
 
-    ``method``: magnitude, wanda, ria, lp-ria, stochria, symmetric, symwanda,
-    owanda or sparsegpt; its parameters go in ``params`` (``a``, ``p``, ``beta``,
-    ``seed``, ``activation``, ``lam``, ``blocksize``, ``percdamp``). Target:
-    ``sparsity`` with ``group`` (per-row, per-matrix, adaptive) or ``pattern="N:M"``.
-    ``refine``: dsnot or r2dsnot after the initial mask (``refine_params`` for
-    their switches). ``calibration``: "builtin" (Wikipedia), a .txt or a .jsonl
-    file; ``nsamples`` windows of ``seqlen`` tokens drawn with ``seed``.
-    ``evaluate`` adds dense and pruned perplexity on the built-in test split.
+    What to do is a :class:`~symprune.spec.PruneSpec` — given whole as ``spec``, or
+    built from ``method`` (default wanda; see ``symprune.spec.METHODS``) and its
+    ``params`` by name, the target (``sparsity`` with ``pattern`` per-row, per-matrix
+    or adaptive, or ``pattern="N:M"``), ``refine`` (``symprune.spec.REFINERS``) with
+    ``refine_params``, and ``targets`` / ``ignore`` regexes. Every default is the
+    core's. ``calibration``: "builtin" (Wikipedia), a .txt or a .jsonl file;
+    ``nsamples`` windows of ``seqlen`` tokens drawn with ``seed``. ``evaluate`` adds
+    dense and pruned perplexity on the built-in test split.
+
+    Data-free methods, and score methods with a ``stats`` file, run shard by shard
+    in Rust without loading the model (nor torch); the others calibrate and prune
+    layer by layer, streaming the layers from the shards, on the GPU when there is one.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks cooperate through
     torch.distributed: data-parallel calibration, or the Rust engine's shards
@@ -102,68 +91,70 @@ def prune(
     the shards (Rust engine only); :func:`symprune.checkpoint.finalize` then
     finishes the output.
     """
-    spec = methods.get(method)
-    device = device or default_device()
-    in_rust = refine is None and (stats is not None or spec.data_free) and not spec.updates_weights
+    if spec is None:
+        spec = PruneSpec(
+            method=method,
+            params=dict(params or {}),
+            sparsity=sparsity,
+            pattern=pattern,
+            refine=refine,
+            refine_params=dict(refine_params or {}),
+            targets=targets,
+            ignore=ignore,
+        )
+    elif any(v is not None for v in (method, sparsity, pattern, params, refine, refine_params)):
+        raise InvalidInputError("spec: give either a PruneSpec or its fields, not both")
+    in_rust = spec.runs_shard_by_shard(stats is not None)
     parts = _check_parts(rank, world_size, in_rust, evaluate)
     if output is None:
         if model is not None:
             raise InvalidInputError("output: required when a model folder is given")
-        output = default_output(method, sparsity, pattern, refine)
+        output = default_output(spec)
     model_dir = Path(model) if model is not None else data.builtin_model()
-    n, s = default_calibration(device, nsamples, seqlen)
-    calib = Calibration(source=calibration, nsamples=n, seqlen=s, seed=seed, batch_size=batch_size)
+    calib = Calibration(calibration, nsamples, seqlen, seed, batch_size)
+    if stats is not None and not in_rust:
+        raise InvalidInputError(
+            "stats: a statistics file serves the Rust engine (score methods without "
+            f"refinement); {spec.label()} calibrates layer by layer"
+        )
+    if in_rust and parts is not None:
+        report = _prune_in_rust(model_dir, output, spec, stats, overwrite, progress, parts, None)
+        device = "cpu"
+    else:
+        from symprune import distributed
+        from symprune.pipeline import prune_streamed
+        from symprune.streaming import default_device
 
-    with nullcontext() if parts else distributed.session(device) as ranks:
-        if ranks is not None:
-            device = ranks.device
-        leader = ranks is None or ranks.leader
-        if in_rust:
-            report = _prune_in_rust(
-                model_dir,
-                output,
-                spec.name,
-                sparsity,
-                pattern,
-                group,
-                stats,
-                targets,
-                ignore,
-                overwrite,
-                progress and leader,
-                params,
-                parts or ((ranks.rank, ranks.world) if ranks else (0, 1)),
-                ranks,
-            )
-        else:
-            if stats is not None:
-                raise InvalidInputError(
-                    "stats: a statistics file serves the data-free engine only; "
-                    f"{method}{' with --refine' if refine else ''} calibrates layer by layer"
+        device = device or default_device()
+        with distributed.session(device) as ranks:
+            if ranks is not None:
+                device = ranks.device
+            leader = ranks is None or ranks.leader
+            if in_rust:
+                part = (ranks.rank, ranks.world) if ranks else (0, 1)
+                report = _prune_in_rust(
+                    model_dir, output, spec, stats, overwrite, progress and leader, part, ranks
                 )
-            report = prune_streamed(
-                model_dir,
-                output,
-                method=method,
-                sparsity=sparsity,
-                pattern=pattern,
-                group=group,
-                params=params,
-                refine=refine,
-                refine_params=refine_params,
-                calibration=calib,
-                device=device,
-                offload_activations=offload_activations,
-                targets=targets,
-                ignore=ignore,
-                overwrite=overwrite,
-                progress=progress and leader,
-                ranks=ranks,
-            )
-    if not leader:  # rank 0 evaluates the output it finished
-        return report
+            else:
+                report = prune_streamed(
+                    model_dir,
+                    output,
+                    spec,
+                    calib,
+                    device=device,
+                    offload_activations=offload_activations,
+                    overwrite=overwrite,
+                    progress=progress and leader,
+                    ranks=ranks,
+                )
+        if not leader:  # rank 0 evaluates the output it finished
+            return report
     if evaluate:
-        length, windows = default_evaluation(device, calib.seqlen, eval_seqlen, eval_windows)
+        from symprune.evaluate import perplexity
+
+        length, windows = default_evaluation(
+            device, calib.sized_for(device).seqlen or 0, eval_seqlen, eval_windows
+        )
         for name, folder in (("dense", model_dir), ("pruned", Path(output))):
             report.perplexity[name] = perplexity(
                 folder, seqlen=length, max_windows=windows, device=device
@@ -193,62 +184,49 @@ def _check_parts(
 
 
 def _prune_in_rust(
-    model_dir,
-    output,
-    method,
-    sparsity,
-    pattern,
-    group,
-    stats,
-    targets,
-    ignore,
-    overwrite,
-    progress,
-    params,
+    model_dir: Path,
+    output: str | Path,
+    spec: PruneSpec,
+    stats: str | Path | None,
+    overwrite: bool,
+    progress: bool,
     part: tuple[int, int],
-    ranks: distributed.Ranks | None,
+    ranks: Any,
 ) -> Report:
-    unknown = set(params) - set(_ENGINE_PARAMS)
-    if unknown:
-        raise InvalidInputError(f"{method}: unknown parameters {sorted(unknown)}")
+    from symprune.results import Report, TensorRecord
+
     rust = checkpoint.prune_checkpoint(
         model_dir,
         output,
-        method=method,
-        sparsity=sparsity,
-        pattern=pattern,
-        group=group,
+        spec,
         stats=stats,
-        targets=targets,
-        ignore=ignore,
         overwrite=overwrite,
         progress=progress,
         rank=part[0],
         world_size=part[1],
-        **params,
     )
     tensors = [TensorRecord(t.name, t.shape, t.sparsity) for t in rust.tensors if t.numel]
     if ranks is not None:
+        from symprune import distributed
+
         done = distributed.leader_finishes(ranks, lambda: checkpoint.finalize(output))
         if done is not None:  # rank 0 reports the whole checkpoint
             shape = checkpoint.CheckpointReader(model_dir).shape
             tensors = [TensorRecord(n, shape(n), s) for n, s in done.tensors.items()]
+    settings = spec.describe()
+    if stats is not None:
+        settings["stats"] = str(stats)
     return Report(
         model=str(model_dir),
         output=str(output),
-        method=method,
+        method=spec.method,
         refine=None,
-        settings={
-            "sparsity": sparsity,
-            "pattern": pattern,
-            "group": group,
-            "stats": str(stats) if stats else None,
-            **params,
-        },
+        settings=settings,
         device="cpu (Rust engine)",
         tensors=tensors,
         seconds=rust.seconds,
         peak_rss_mb=rust.peak_rss_mb,
+        bytes_written=rust.bytes_written,
     )
 
 
@@ -262,28 +240,31 @@ def calibrate(
     seed: int = 0,
     batch_size: int = 8,
     device: str | None = None,
-    targets: str | None = None,
-    ignore: str | None = None,
+    targets: str | Sequence[str] | None = None,
+    ignore: str | Sequence[str] | None = None,
     progress: bool = True,
 ) -> Path:
     """Stores the dense model's activation statistics for pruning later (``stats=``).
 
     Under ``torchrun`` the ranks calibrate data-parallel and rank 0 writes the file.
     """
+    from symprune import distributed
+    from symprune.pipeline import calibrate_streamed
+    from symprune.spec import selection_rule
+    from symprune.streaming import default_device
+
     device = device or default_device()
-    n, s = default_calibration(device, nsamples, seqlen)
-    calib = Calibration(source=calibration, nsamples=n, seqlen=s, seed=seed, batch_size=batch_size)
+    calib = Calibration(calibration, nsamples, seqlen, seed, batch_size)
     with distributed.session(device) as ranks:
         return calibrate_streamed(
             model,
             output,
             calibration=calib,
             device=ranks.device if ranks else device,
-            targets=targets,
-            ignore=ignore,
+            selection=selection_rule(targets, ignore),
             progress=progress and (ranks is None or ranks.leader),
             ranks=ranks,
         )
 
 
-__all__ = ["calibrate", "perplexity", "prune"]
+__all__ = ["calibrate", "prune"]

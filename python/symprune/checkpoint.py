@@ -23,7 +23,6 @@ file, the tensor and the fix.
 from __future__ import annotations
 
 import json
-import resource
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +32,10 @@ import numpy as np
 
 from symprune import _core
 from symprune.errors import InvalidInputError
+from symprune.spec import PruneSpec, selection_rule
+from symprune.util import peak_rss_mb
 
-MANIFEST = "sparsity.json"
+MANIFEST: str = _core.MANIFEST_FILE
 
 # numpy has no bfloat16 or float8: those cross as their raw bits.
 _NUMPY = {
@@ -76,11 +77,6 @@ def _torch_dtype(name: str) -> Any:
 
 def _is_torch(x: object) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class CheckpointReader:
@@ -205,11 +201,12 @@ class CheckpointWriter:
             )
         self._core.write_tensor(name, dtype, raw.reshape(-1))
 
-    def finish(self, manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Completes the output; ``manifest`` holds the run's fields for ``sparsity.json``
-        (see :func:`manifest`), to which the achieved sparsity of every written tensor
-        and the symprune version are added. Returns what was written."""
-        done = json.loads(self._core.finish(json.dumps(dict(manifest or {}))))
+    def finish(self, run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Completes the output; ``run`` holds the run's fields for ``sparsity.json``
+        (:meth:`symprune.spec.PruneSpec.describe`), to which the achieved sparsity of
+        every written tensor and the symprune version are added. Returns what was
+        written."""
+        done = self._core.finish(dict(run or {}))
         self._finished = True
         return done
 
@@ -229,25 +226,6 @@ class CheckpointWriter:
                 raise
         elif exc_type is not None:
             self.abort()
-
-
-def manifest(
-    method: str,
-    *,
-    parameters: Mapping[str, Any] | None = None,
-    pattern: str = "per-row",
-    sparsity: float | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The run fields of ``sparsity.json``: method, parameters, pattern (``per-row``,
-    ``per-matrix``, ``adaptive`` or ``N:M``), target sparsity, and any ``extra``."""
-    return {
-        "method": method,
-        "parameters": dict(parameters or {}),
-        "pattern": pattern,
-        "sparsity": sparsity,
-        **extra,
-    }
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -305,19 +283,12 @@ class PruneReport:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _patterns(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
 def _bar(progress: bool | Callable[[TensorReport], None]) -> Callable[[str, str], None]:
     """The Rust progress callback: a tqdm bar (``True``), a user callback, or nothing."""
     bar: Any = None
 
-    def on_event(kind: str, payload: str) -> None:
+    def on_event(kind: str, data: dict[str, Any]) -> None:
         nonlocal bar
-        data = json.loads(payload)
         if kind == "start":
             if progress is True:
                 from tqdm import tqdm
@@ -339,33 +310,22 @@ def _bar(progress: bool | Callable[[TensorReport], None]) -> Callable[[str, str]
 def prune_checkpoint(
     model: str | Path,
     output: str | Path,
+    spec: PruneSpec | None = None,
     *,
-    method: str = "magnitude",
-    sparsity: float = 0.5,
-    pattern: str | None = None,
-    group: str = "per-row",
     stats: str | Path | None = None,
-    targets: str | Sequence[str] | None = None,
-    ignore: str | Sequence[str] | None = None,
     overwrite: bool = False,
     progress: bool | Callable[[TensorReport], None] = False,
-    a: float = 0.5,
-    p: float = 1.0,
-    beta: float = 0.1,
-    seed: int = 0,
-    activation: bool = True,
-    lam: float = 1.0,
     rank: int = 0,
     world_size: int = 1,
+    **fields: Any,
 ) -> PruneReport:
     """Prunes the checkpoint in ``model`` into ``output``, shard by shard, in Rust.
 
-    ``method`` is a score of :mod:`symprune.ops` (``magnitude``, ``symmetric`` and
-    ``ria``/``lp-ria``/``stochria`` with ``a=0`` need no data; the others read
-    ``stats``, a safetensors file with F32 ``X.in_sq`` / ``X.out_sq`` per weight
-    ``X.weight``). ``sparsity`` with ``group`` (``per-row``, ``per-matrix``,
-    ``adaptive``), or ``pattern="N:M"``. ``targets`` / ``ignore`` are regexes
-    (``re:`` optional) matched anywhere in a tensor or module name; by default the
+    ``spec`` (or its ``fields``: ``method``, ``params``, ``sparsity``, ``pattern``,
+    ``targets``, ``ignore``; see :class:`~symprune.spec.PruneSpec`) must be a score
+    method without refinement. ``magnitude``, ``symmetric`` and ``ria``/``lp-ria``/
+    ``stochria`` with ``a=0`` need no data; the others read ``stats``, a safetensors
+    file with F32 ``X.in_sq`` / ``X.out_sq`` per weight ``X.weight``. By default the
     linear weights of the decoder blocks are pruned. ``progress=True`` shows a bar.
     A re-run after an interruption resumes and gives byte-identical output.
 
@@ -374,35 +334,21 @@ def prune_checkpoint(
     leaves the output unfinished; once every rank is done, :func:`finalize`
     completes it, byte-identical to a single process's output.
     """
-    n = m = 0
-    if pattern is not None:
-        from symprune.ops import parse_nm
-
-        n, m = parse_nm(pattern)
-        group = "n:m"
-    raw = _core.prune_checkpoint(
+    if spec is None:
+        spec = PruneSpec(**fields)
+    elif fields:
+        raise InvalidInputError("spec: give either a PruneSpec or its fields, not both")
+    data = _core.prune_checkpoint(
         str(model),
         str(output),
-        method,
-        group=group,
-        sparsity=float(sparsity),
-        n=n,
-        m=m,
-        a=a,
-        p=p,
-        beta=beta,
-        seed=seed,
-        activation=activation,
-        lam=lam,
-        targets=_patterns(targets),
-        ignore=_patterns(ignore),
+        spec.request,
+        spec.selection,
         stats=None if stats is None else str(stats),
         overwrite=overwrite,
         progress=_bar(progress),
         rank=rank,
         world=world_size,
     )
-    data = json.loads(raw)
     return PruneReport(
         input=str(model),
         output=str(output),
@@ -451,7 +397,7 @@ def finalize(output: str | Path) -> Finalized:
     rank has written its shards: copies the non-weight files and writes the index
     and ``sparsity.json`` (from the parts' journals, which name the input).
     Names the shards still missing, and the ranks that write them, otherwise."""
-    data = json.loads(_core.finalize(str(output)))
+    data = _core.finalize(str(output))
     counts = data["tensors"]
     zeros = sum(c["zeros"] for c in counts.values())
     numel = sum(c["numel"] for c in counts.values())
@@ -538,12 +484,7 @@ def inspect(
     """Per-tensor sparsity (fraction of exact zeros) of the checkpoint in ``path``;
     with ``pattern="N:M"`` also how many groups of M inputs break N:M. ``targets`` /
     ``ignore`` choose the "selected" tensors as in :func:`prune_checkpoint`."""
-    n = m = 0
-    if pattern is not None:
-        from symprune.ops import parse_nm
-
-        n, m = parse_nm(pattern)
-    data = json.loads(_core.inspect(str(path), n, m, _patterns(targets), _patterns(ignore)))
+    data = _core.inspect(str(path), selection_rule(targets, ignore), pattern)
 
     def ratio(c: dict[str, int]) -> float:
         return c["zeros"] / c["numel"] if c["numel"] else 0.0
@@ -569,8 +510,6 @@ __all__ = [
     "TensorSparsity",
     "finalize",
     "inspect",
-    "manifest",
-    "peak_rss_mb",
     "prune_checkpoint",
     "read_manifest",
 ]

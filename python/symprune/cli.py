@@ -16,8 +16,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from symprune import __version__, checkpoint
+from symprune import __version__, checkpoint, spec
 from symprune.errors import InvalidInputError, SymPruneError
+from symprune.spec import PruneSpec
+from symprune.util import launched_rank
 
 
 def _calibration_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +32,9 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--nsamples", type=int, help="calibration windows (default 128 GPU, 16 CPU)")
     g.add_argument("--seqlen", type=int, help="tokens per window (default 2048 GPU, 512 CPU)")
-    g.add_argument("--seed", type=int, default=0, help="window draw (and stochria) seed")
+    g.add_argument(
+        "--seed", type=int, default=0, help="window draw seed (also stochria's, unless --param)"
+    )
     g.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     g.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     g.add_argument(
@@ -38,6 +42,36 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep calibration activations on the CPU while layers run on the GPU",
     )
+
+
+def _selection_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--targets", metavar="RE", help=f"{what} only tensors matching RE")
+    p.add_argument("--ignore", metavar="RE", help=f"never {what} tensors matching RE")
+
+
+def _param(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE``: VALUE as JSON (numbers, true/false), else as a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return name.strip().replace("-", "_"), parsed
+
+
+def _schema_help(owners: dict[str, Any]) -> str:
+    """One line per method (or refiner) with its parameters and defaults, from the core."""
+    lines = []
+    for name, info in owners.items():
+        params = ", ".join(
+            f"{p['name']}={'(auto)' if p['default'] is None else p['default']}"
+            + (f" [{'|'.join(p['choices'])}]" if p["choices"] else "")
+            for p in info["parameters"]
+        )
+        lines.append(f"{name}: {params or 'no parameters'}")
+    return "; ".join(lines).replace("%", "%%")
 
 
 def add_prune(sub: Any) -> None:
@@ -60,26 +94,27 @@ def add_prune(sub: Any) -> None:
     )
     p.add_argument(
         "--method",
-        default="wanda",
-        help="magnitude, wanda, ria, lp-ria, stochria, "
-        "symmetric, symwanda, owanda, sparsegpt (default: wanda)",
+        choices=spec.METHODS,
+        default=spec.VOCABULARY["default_method"],
+        help="default: %(default)s",
     )
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (default 0.5)")
-    p.add_argument("--pattern", metavar="N:M", help="semi-structured N:M instead of --sparsity")
     p.add_argument(
-        "--group",
-        default="per-row",
-        choices=("per-row", "per-matrix", "adaptive"),
-        help="comparison group of unstructured sparsity (default: per-row)",
+        "--sparsity",
+        type=float,
+        help=f"fraction pruned (default {spec.VOCABULARY['default_sparsity']})",
+    )
+    p.add_argument(
+        "--pattern",
+        metavar="|".join(spec.PATTERNS),
+        help=f"comparison group, or N:M such as 2:4 (default {spec.VOCABULARY['default_pattern']})",
     )
     p.add_argument(
         "--stats",
         metavar="FILE",
         help="activation statistics from `symprune calibrate` (no model load)",
     )
-    p.add_argument("--refine", choices=("dsnot", "r2dsnot"), help="mask refinement")
-    p.add_argument("--targets", metavar="RE", help="prune only tensors matching RE")
-    p.add_argument("--ignore", metavar="RE", help="never prune tensors matching RE")
+    p.add_argument("--refine", choices=spec.REFINERS, help="mask refinement")
+    _selection_args(p, "prune")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument(
         "--eval",
@@ -97,35 +132,23 @@ def add_prune(sub: Any) -> None:
         help="progress bars on stderr (default: when stderr is a terminal)",
     )
     _calibration_args(p)
-    params = p.add_argument_group("method parameters")
-    params.add_argument("--a", type=float, help="RIA activation exponent (default 0.5)")
-    params.add_argument("--p", type=float, help="lp-ria norm (default 1)")
-    params.add_argument("--beta", type=float, help="stochria subset fraction (default 0.1)")
-    params.add_argument("--lam", type=float, help="symwanda output-side weight (default 1)")
+    params = p.add_argument_group("method and refinement parameters")
     params.add_argument(
-        "--no-activation",
-        dest="activation",
-        action="store_false",
-        default=None,
-        help="stochria without the activation factor",
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a method parameter (repeatable); " + _schema_help(spec.VOCABULARY["methods"]),
     )
-    params.add_argument("--blocksize", type=int, help="sparsegpt block (default 128)")
-    params.add_argument("--percdamp", type=float, help="sparsegpt damping (default 0.01)")
-    refine = p.add_argument_group("refinement parameters (--refine)")
-    refine.add_argument("--max-cycles", type=int, help="default 50")
-    refine.add_argument("--threshold", type=float, help="default 0.1 (units of seqlen x mean)")
-    refine.add_argument("--var-power", type=float, help="default 1")
-    refine.add_argument(
-        "--same-sign",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="DSnoT: off unstructured / on N:M; R2-DSnoT: on",
+    params.add_argument(
+        "--refine-param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a refinement parameter (repeatable); " + _schema_help(spec.VOCABULARY["refiners"]),
     )
-    refine.add_argument("--ri-phase", choices=("prune", "grow", "none"), help="R2-DSnoT")
-    refine.add_argument("--alpha", type=float, help="R2-DSnoT prune-score exponent")
-    refine.add_argument("--gamma", type=float, help="R2-DSnoT regularization weight")
-    refine.add_argument("--refine-p", type=float, help="R2-DSnoT penalty norm p")
-    refine.add_argument("--on-reject", choices=("stop", "skip"), help="R2-DSnoT")
     scale = p.add_argument_group(
         "shard-parallel pruning without torch.distributed (data-free methods, --stats); "
         "under torchrun the ranks come from its environment and rank 0 finishes the output"
@@ -142,59 +165,26 @@ def add_prune(sub: Any) -> None:
     p.set_defaults(run=run_prune)
 
 
-_METHOD_PARAMS = ("a", "p", "beta", "lam", "activation", "blocksize", "percdamp")
-_REFINE_PARAMS = {
-    "max_cycles": "max_cycles",
-    "threshold": "threshold",
-    "var_power": "var_power",
-    "same_sign": "same_sign",
-    "ri_phase": "ri_phase",
-    "alpha": "alpha",
-    "gamma": "gamma",
-    "refine_p": "p",
-    "on_reject": "on_reject",
-}
+def prune_spec(args: argparse.Namespace) -> PruneSpec:
+    """The request of ``symprune prune``: the method, its target, refinement and selection.
 
-
-def prune_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :func:`symprune.prune`."""
-    from symprune import methods
-
-    params = {k: getattr(args, k) for k in _METHOD_PARAMS if getattr(args, k) is not None}
-    if args.method == "stochria" or "seed" in params:
-        params["seed"] = args.seed
-    if args.method not in methods.METHODS:
-        methods.get(args.method)  # raises with the list of methods
-    return {
-        "method": args.method,
-        "sparsity": args.sparsity,
-        "pattern": args.pattern,
-        "group": args.group,
-        "refine": args.refine,
-        "refine_params": {
-            v: getattr(args, k) for k, v in _REFINE_PARAMS.items() if getattr(args, k) is not None
-        },
-        "calibration": args.calib,
-        "nsamples": args.nsamples,
-        "seqlen": args.seqlen,
-        "seed": args.seed,
-        "batch_size": args.batch_size,
-        "stats": args.stats,
-        "device": args.device,
-        "offload_activations": args.offload_activations,
-        "targets": args.targets,
-        "ignore": args.ignore,
-        "overwrite": args.overwrite,
-        "evaluate": args.eval
-        if args.eval is not None
-        else args.model_dir is None and args.world_size is None,
-        "eval_seqlen": args.eval_seqlen,
-        "eval_windows": args.eval_windows,
-        "progress": args.progress,
-        "rank": args.rank,
-        "world_size": args.world_size,
-        **params,
-    }
+    ``--seed`` also seeds a method that takes a ``seed`` parameter (stochria) unless
+    ``--param seed=...`` says otherwise.
+    """
+    params = dict(args.param)
+    takes_seed = any(p["name"] == "seed" for p in spec.method_info(args.method)["parameters"])
+    if takes_seed:
+        params.setdefault("seed", args.seed)
+    return PruneSpec(
+        method=args.method,
+        params=params,
+        sparsity=args.sparsity,
+        pattern=args.pattern,
+        refine=args.refine,
+        refine_params=dict(args.refine_param),
+        targets=args.targets,
+        ignore=args.ignore,
+    )
 
 
 def run_prune(args: argparse.Namespace) -> int:
@@ -202,9 +192,27 @@ def run_prune(args: argparse.Namespace) -> int:
 
     if args.model_dir is not None and args.out_dir is None:
         raise InvalidInputError("OUT_DIR is required with MODEL_DIR (an output directory)")
-    from symprune.distributed import launched_rank
-
-    report = api.prune(args.model_dir, args.out_dir, **prune_options(args))
+    evaluate = args.eval if args.eval is not None else args.model_dir is None
+    report = api.prune(
+        args.model_dir,
+        args.out_dir,
+        spec=prune_spec(args),
+        calibration=args.calib,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        stats=args.stats,
+        device=args.device,
+        offload_activations=args.offload_activations,
+        overwrite=args.overwrite,
+        evaluate=evaluate and args.world_size is None,
+        eval_seqlen=args.eval_seqlen,
+        eval_windows=args.eval_windows,
+        progress=args.progress,
+        rank=args.rank,
+        world_size=args.world_size,
+    )
     if args.world_size is None and launched_rank() != 0:
         return 0  # under torchrun, rank 0 reports the finished checkpoint
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
@@ -226,8 +234,7 @@ def add_calibrate(sub: Any) -> None:
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help="default: built-in")
     p.add_argument("--out", default="stats.safetensors", help="output file")
-    p.add_argument("--targets", metavar="RE", help="only linears matching RE")
-    p.add_argument("--ignore", metavar="RE", help="not linears matching RE")
+    _selection_args(p, "calibrate")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
     _calibration_args(p)
     p.set_defaults(run=run_calibrate)
@@ -249,8 +256,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
         ignore=args.ignore,
         progress=args.progress,
     )
-    from symprune.distributed import launched_rank
-
     if launched_rank() == 0:
         print(f"statistics written to {out}")
     return 0

@@ -51,11 +51,6 @@ def split(n: int, rank: int, world: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
-def launched_rank() -> int:
-    """This process's rank as set by torchrun (0 when not launched as several ranks)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 @dataclass
 class Ranks:
     """The ranks of one run and the protocol between them (see the module docstring);
@@ -185,4 +180,4 @@ def session(device: str) -> Iterator[Ranks | None]:
             dist.destroy_process_group()
 
 
-__all__ = ["Ranks", "launched_rank", "leader_finishes", "session", "split"]
+__all__ = ["Ranks", "leader_finishes", "session", "split"]

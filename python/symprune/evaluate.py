@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from symprune import data
 from symprune.errors import InvalidInputError, SymPruneError
-from symprune.streaming import StreamedModel
+from symprune.streaming import StreamedModel, default_device
 
 # The zero-shot suite of the Wanda / RIA / symmetric-pruning papers.
 PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -71,7 +71,6 @@ def perplexity(
     batch_size: int = 8,
 ) -> float:
     """Perplexity of a checkpoint directory on the built-in test split or a text file."""
-    from symprune.pipeline import default_device
 
     if seqlen < 2:
         raise InvalidInputError(f"seqlen: {seqlen} must be at least 2 (a token and its successor)")
@@ -192,7 +191,6 @@ def zero_shot(
     whole by lm-eval's ``hf`` model class; ``include_path`` adds local task
     YAMLs; ``limit`` evaluates only the first items of each task (quick checks).
     """
-    from symprune.pipeline import default_device
 
     lm_eval = _import_lm_eval()
     model_dir = Path(model) if model is not None else data.builtin_model()
@@ -274,7 +272,6 @@ def evaluate_model(
     batch_size: int = 8,
 ) -> EvalResult:
     """Perplexity (streamed) and, when ``tasks`` are given, zero-shot accuracy of a checkpoint."""
-    from symprune.pipeline import default_device
 
     t0 = time.perf_counter()
     model_dir = Path(model) if model is not None else data.builtin_model()

@@ -22,20 +22,20 @@ prune. Ties are broken by the lower column index (row-major index for
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal, overload
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from symprune import _core
 from symprune.errors import InvalidInputError
+from symprune.spec import METHODS, VOCABULARY
 
 Matrix = Any  # numpy.ndarray or torch.Tensor, 2-D
 Vector = Any  # numpy.ndarray, torch.Tensor or sequence of floats, 1-D
 
-SCORES = ("magnitude", "wanda", "ria", "lp-ria", "stochria", "symmetric", "symwanda", "owanda")
-GROUPS = ("per-row", "per-matrix", "adaptive")
+SCORES = tuple(m for m in METHODS if VOCABULARY["methods"][m]["is_score"])
+"""The score methods (every method but SparseGPT), as the core names them."""
 
 
 def _is_torch(x: object) -> bool:
@@ -96,43 +96,36 @@ def as_vector(x: Vector | None, arg: str) -> npt.NDArray[np.float32] | None:
     return v
 
 
+def _given(**params: Any) -> dict[str, Any]:
+    """The parameters actually given (``None`` = the core's default)."""
+    return {k: v for k, v in params.items() if v is not None}
+
+
 def score(
     weight: Matrix,
     method: str,
     *,
     in_sq: Vector | None = None,
     out_sq: Vector | None = None,
-    a: float = 0.5,
-    p: float = 1.0,
-    beta: float = 0.1,
-    seed: int = 0,
-    activation: bool = True,
-    lam: float = 1.0,
     tensor: str = "",
+    **params: Any,
 ) -> npt.NDArray[np.float32]:
     """Scores of ``weight`` under ``method`` (one of :data:`SCORES`); smaller is more prunable.
 
-    ``a`` is RIA's activation exponent (ria, lp-ria, stochria), ``p`` the ℓp norm of
-    lp-ria, ``beta`` the subset fraction of stochria (seeded by ``seed`` and the tensor
-    name ``tensor``; ``activation=False`` drops its activation factor), ``lam`` the
-    output-side weight of symwanda.
+    ``params`` are the method's parameters by name (see ``symprune.spec.VOCABULARY``;
+    e.g. ``a`` for RIA, ``p`` for lp-ria, ``beta`` / ``seed`` / ``activation`` for
+    stochria, ``lambda`` for symwanda); an unknown one is an error. ``tensor`` names the
+    matrix in errors and seeds stochria's subsets.
     """
-    if method not in SCORES:
-        raise InvalidInputError(f"method {method!r} is not one of {', '.join(SCORES)}")
     arr, dtype = as_matrix(weight, "weight")
     return _core.score(
         arr,
         dtype,
         method,
+        _given(**params),
         as_vector(in_sq, "in_sq"),
         as_vector(out_sq, "out_sq"),
-        a=a,
-        p=p,
-        beta=beta,
-        seed=seed,
-        activation=activation,
-        lam=lam,
-        tensor=tensor,
+        tensor,
     )
 
 
@@ -146,13 +139,13 @@ def wanda(weight: Matrix, in_sq: Vector) -> npt.NDArray[np.float32]:
     return score(weight, "wanda", in_sq=in_sq)
 
 
-def ria(weight: Matrix, in_sq: Vector | None, a: float = 0.5) -> npt.NDArray[np.float32]:
+def ria(weight: Matrix, in_sq: Vector | None, a: float | None = None) -> npt.NDArray[np.float32]:
     """RIA: ``(|W|/colsum + |W|/rowsum) · norm_j^a`` (``a = 0`` needs no statistics)."""
     return score(weight, "ria", in_sq=in_sq, a=a)
 
 
 def lp_ria(
-    weight: Matrix, in_sq: Vector | None, p: float = 2.0, a: float = 0.5
+    weight: Matrix, in_sq: Vector | None, p: float | None = None, a: float | None = None
 ) -> npt.NDArray[np.float32]:
     """RIA with ℓp norms of the column and the row; ``p = 1`` is :func:`ria`."""
     return score(weight, "lp-ria", in_sq=in_sq, p=p, a=a)
@@ -161,10 +154,10 @@ def lp_ria(
 def stochria(
     weight: Matrix,
     in_sq: Vector | None,
-    beta: float = 0.1,
-    seed: int = 0,
+    beta: float | None = None,
+    seed: int | None = None,
     tensor: str = "",
-    a: float = 0.5,
+    a: float | None = None,
 ) -> npt.NDArray[np.float32]:
     """stochRIA: RIA over random row/column subsets; ``in_sq=None`` drops the activation factor."""
     return score(
@@ -185,10 +178,10 @@ def symmetric(weight: Matrix) -> npt.NDArray[np.float32]:
 
 
 def symwanda(
-    weight: Matrix, in_sq: Vector, out_sq: Vector, lam: float = 1.0
+    weight: Matrix, in_sq: Vector, out_sq: Vector, lam: float | None = None
 ) -> npt.NDArray[np.float32]:
     """``|W_ij| · (n_j/mean(n) + λ·o_i/mean(o))`` with ``n = sqrt(in_sq)``, ``o = sqrt(out_sq)``."""
-    return score(weight, "symwanda", in_sq=in_sq, out_sq=out_sq, lam=lam)
+    return score(weight, "symwanda", in_sq=in_sq, out_sq=out_sq, **{"lambda": lam})
 
 
 def owanda(weight: Matrix, out_sq: Vector) -> npt.NDArray[np.float32]:
@@ -196,40 +189,23 @@ def owanda(weight: Matrix, out_sq: Vector) -> npt.NDArray[np.float32]:
     return score(weight, "owanda", out_sq=out_sq)
 
 
-def parse_nm(pattern: str) -> tuple[int, int]:
-    """``"2:4"`` -> ``(2, 4)``."""
-    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pattern)
-    if not match or not 0 < int(match[1]) < int(match[2]):
-        raise InvalidInputError(
-            f"pattern {pattern!r}: {pattern} is not N:M with 0 < N < M (e.g. '2:4')"
-        )
-    return int(match[1]), int(match[2])
-
-
 def mask(
     scores: Matrix,
     sparsity: float | None = None,
     *,
-    group: str = "per-row",
     pattern: str | None = None,
     tensor: str = "",
 ) -> npt.NDArray[np.bool_]:
     """The prune mask of ``scores`` (``True`` = prune).
 
-    Unstructured: ``sparsity`` in [0, 1) with ``group`` ``per-row`` (exactly
-    ``floor(in·s)`` per row), ``per-matrix`` (exactly ``floor(out·in·s)``) or
-    ``adaptive`` (Wanda's variant). Semi-structured: ``pattern="N:M"`` prunes N
-    of every M consecutive input columns in every row (``sparsity`` is then unused).
+    ``pattern``: ``per-row`` (the default; exactly ``floor(in·s)`` per row),
+    ``per-matrix`` (exactly ``floor(out·in·s)``), ``adaptive`` (Wanda's variant),
+    all at ``sparsity`` in [0, 1) (default 0.5); or ``N:M``, which prunes N of every
+    M consecutive input columns in every row (``sparsity`` is then unused).
     """
     arr, dtype = as_matrix(scores, "scores")
-    if pattern is not None:
-        n, m = parse_nm(pattern)
-        return _core.mask_of(arr, dtype, "n:m", n=n, m=m, tensor=tensor)
-    if sparsity is None:
-        raise InvalidInputError("sparsity: required for unstructured masks (e.g. 0.5)")
-    if group not in GROUPS:
-        raise InvalidInputError(f"group {group!r} is not one of {', '.join(GROUPS)}")
-    return _core.mask_of(arr, dtype, group, sparsity=float(sparsity), tensor=tensor)
+    sparsity = None if sparsity is None else float(sparsity)
+    return _core.mask_of(arr, dtype, pattern, sparsity, tensor)
 
 
 def apply_mask(weight: Matrix, prune: npt.NDArray[np.bool_]) -> int:
@@ -245,22 +221,33 @@ def apply_mask(weight: Matrix, prune: npt.NDArray[np.bool_]) -> int:
 
 # -- mask refinement (methods.md §5, §7) --
 
-Report = dict[str, Any]
+RefineReport = _core.RefineReport
 """What a refinement did: ``swaps`` (total), ``swaps_per_row`` (uint32 array),
 ``rows_stopped`` (rows that stopped before ``max_cycles``), ``cycles`` (cycles run)."""
 
 
-def _refine_inputs(
+def refine(
+    refiner: str,
     weight: Matrix,
     prune_mask: Any,
     in_sq: Vector,
     act_sum: Vector,
     act_var: Vector,
-    pattern: str | None,
-    max_cycles: int,
-) -> tuple[Any, ...]:
-    if max_cycles < 0:
-        raise InvalidInputError(f"max_cycles: {max_cycles} must be >= 0")
+    *,
+    pattern: str | None = None,
+    initial_scores: Matrix | None = None,
+    tensor: str = "",
+    **params: Any,
+) -> tuple[npt.NDArray[np.bool_], RefineReport]:
+    """Refines ``prune_mask`` (``True`` = pruned) with ``refiner`` (``dsnot``, ``r2dsnot``).
+
+    Weights are never changed and every row keeps its exact count; the initial mask
+    must prune the same number in every row, or be exactly N:M (``pattern="2:4"``,
+    kept afterwards). ``in_sq``, ``act_sum``, ``act_var`` are the layer's calibration
+    statistics (methods.md §2). ``params`` are the refiner's switches by name (see
+    :func:`dsnot`, :func:`r2dsnot`); an unknown one is an error. Returns the refined
+    mask and a :data:`RefineReport`.
+    """
     arr, dtype = as_matrix(weight, "weight")
     m = np.asarray(prune_mask.numpy() if _is_torch(prune_mask) else prune_mask)
     if m.dtype != np.bool_ or m.shape != arr.shape:
@@ -275,103 +262,57 @@ def _refine_inputs(
                 f"{arg}: mask refinement needs the layer's activation statistics; calibrate first"
             )
         stats.append(v)
-    n, mm = parse_nm(pattern) if pattern is not None else (0, 0)
-    return arr, dtype, np.ascontiguousarray(m), *stats, n, mm
-
-
-@overload
-def dsnot(
-    weight: Matrix,
-    prune_mask: Any,
-    in_sq: Vector,
-    act_sum: Vector,
-    act_var: Vector,
-    *,
-    max_cycles: int = ...,
-    threshold: float = ...,
-    var_power: float = ...,
-    same_sign: bool | None = ...,
-    pattern: str | None = ...,
-    initial_scores: Matrix | None = ...,
-    tensor: str = ...,
-    return_report: Literal[False] = ...,
-) -> npt.NDArray[np.bool_]: ...
-@overload
-def dsnot(
-    weight: Matrix,
-    prune_mask: Any,
-    in_sq: Vector,
-    act_sum: Vector,
-    act_var: Vector,
-    *,
-    max_cycles: int = ...,
-    threshold: float = ...,
-    var_power: float = ...,
-    same_sign: bool | None = ...,
-    pattern: str | None = ...,
-    initial_scores: Matrix | None = ...,
-    tensor: str = ...,
-    return_report: Literal[True],
-) -> tuple[npt.NDArray[np.bool_], Report]: ...
-def dsnot(
-    weight: Matrix,
-    prune_mask: Any,
-    in_sq: Vector,
-    act_sum: Vector,
-    act_var: Vector,
-    *,
-    max_cycles: int = 50,
-    threshold: float = 0.1,
-    var_power: float = 1.0,
-    same_sign: bool | None = None,
-    pattern: str | None = None,
-    initial_scores: Matrix | None = None,
-    tensor: str = "",
-    return_report: bool = False,
-) -> npt.NDArray[np.bool_] | tuple[npt.NDArray[np.bool_], Report]:
-    """DSnoT (methods.md §5): refines ``prune_mask`` (``True`` = pruned) without touching weights.
-
-    ``in_sq``, ``act_sum``, ``act_var`` are the layer's calibration statistics (§2). Every
-    row keeps its exact count; the initial mask must prune the same number in every row
-    (``pattern=None``) or be exactly N:M (``pattern="2:4"``, kept afterwards).
-    ``threshold`` is in the units of ``act_sum`` (seqlen × mean). ``same_sign=None`` is the
-    reference's choice: off unstructured, on for N:M. ``initial_scores`` (N:M only; Wanda
-    by default) picks the weight to prune inside a group; unstructured DSnoT orders its
-    prune candidates by the Wanda score, as the reference does. A zero variance is
-    floored at the smallest normal float32 (see ``symprune-core``'s ``dsnot`` module for
-    every definition). Returns the refined mask, and a :data:`Report` with
-    ``return_report=True``.
-    """
-    arr, dtype, m, sq, sm, var, n, mm = _refine_inputs(
-        weight, prune_mask, in_sq, act_sum, act_var, pattern, max_cycles
-    )
     init = None
     if initial_scores is not None:
         init = np.ascontiguousarray(np.asarray(initial_scores, dtype=np.float32))
-    mask, report = _core.dsnot(
+    return _core.refine(
+        refiner,
         arr,
         dtype,
-        m,
-        sq,
-        sm,
-        var,
-        n=n,
-        m=mm,
+        np.ascontiguousarray(m),
+        *stats,
+        params=_given(**params),
+        pattern=pattern,
         initial_scores=init,
-        max_cycles=max_cycles,
-        threshold=threshold,
-        var_power=var_power,
-        same_sign=same_sign,
         tensor=tensor,
     )
-    return (mask, report) if return_report else mask
 
 
-RI_PHASES = ("prune", "grow", "none")
-ON_REJECT = ("stop", "skip")
+def dsnot(
+    weight: Matrix,
+    prune_mask: Any,
+    in_sq: Vector,
+    act_sum: Vector,
+    act_var: Vector,
+    *,
+    pattern: str | None = None,
+    initial_scores: Matrix | None = None,
+    tensor: str = "",
+    **params: Any,
+) -> tuple[npt.NDArray[np.bool_], RefineReport]:
+    """DSnoT (methods.md §5); see :func:`refine`.
+
+    Switches: ``max_cycles``, ``threshold`` (in the units of ``act_sum``, seqlen × mean),
+    ``var_power``, ``same_sign`` (unset: the reference's choice, off unstructured, on
+    for N:M). ``initial_scores`` (N:M only; Wanda by default) picks the weight to prune
+    inside a group; unstructured DSnoT orders its prune candidates by the Wanda score,
+    as the reference does. A zero variance is floored at the smallest normal float32
+    (see ``symprune-core``'s ``dsnot`` module for every definition).
+    """
+    return refine(
+        "dsnot",
+        weight,
+        prune_mask,
+        in_sq,
+        act_sum,
+        act_var,
+        pattern=pattern,
+        initial_scores=initial_scores,
+        tensor=tensor,
+        **params,
+    )
 
 
-@overload
 def r2dsnot(
     weight: Matrix,
     prune_mask: Any,
@@ -379,100 +320,30 @@ def r2dsnot(
     act_sum: Vector,
     act_var: Vector,
     *,
-    max_cycles: int = ...,
-    threshold: float = ...,
-    var_power: float = ...,
-    ri_phase: str = ...,
-    alpha: float = ...,
-    gamma: float = ...,
-    p: float = ...,
-    same_sign: bool = ...,
-    on_reject: str = ...,
-    pattern: str | None = ...,
-    tensor: str = ...,
-    return_report: Literal[False] = ...,
-) -> npt.NDArray[np.bool_]: ...
-@overload
-def r2dsnot(
-    weight: Matrix,
-    prune_mask: Any,
-    in_sq: Vector,
-    act_sum: Vector,
-    act_var: Vector,
-    *,
-    max_cycles: int = ...,
-    threshold: float = ...,
-    var_power: float = ...,
-    ri_phase: str = ...,
-    alpha: float = ...,
-    gamma: float = ...,
-    p: float = ...,
-    same_sign: bool = ...,
-    on_reject: str = ...,
-    pattern: str | None = ...,
-    tensor: str = ...,
-    return_report: Literal[True],
-) -> tuple[npt.NDArray[np.bool_], Report]: ...
-def r2dsnot(
-    weight: Matrix,
-    prune_mask: Any,
-    in_sq: Vector,
-    act_sum: Vector,
-    act_var: Vector,
-    *,
-    max_cycles: int = 50,
-    threshold: float = 0.1,
-    var_power: float = 1.0,
-    ri_phase: str = "prune",
-    alpha: float = 1.0,
-    gamma: float = 0.0,
-    p: float = 1.0,
-    same_sign: bool = True,
-    on_reject: str = "stop",
     pattern: str | None = None,
     tensor: str = "",
-    return_report: bool = False,
-) -> npt.NDArray[np.bool_] | tuple[npt.NDArray[np.bool_], Report]:
+    **params: Any,
+) -> tuple[npt.NDArray[np.bool_], RefineReport]:
     """R²-DSnoT (methods.md §7): DSnoT with relative importance, √-activation, a regularized
-    decision.
+    decision; see :func:`refine`.
 
-    ``ri_phase`` (one of :data:`RI_PHASES`) puts RIA's relative importance in the prune
-    score (``RI · n^alpha``) or the grow score (``G · RI``) or nowhere (``|W| · n^alpha``).
-    A candidate swap is applied only if the row's error keeps its initial sign
-    (``same_sign``) and it strictly lowers ``Φ = |err|/|err⁰| + gamma · pen/pen⁰`` with
-    ``pen`` the ℓ``p`` norm of the pruned Wanda scores. At a rejected candidate the row
-    stops (``on_reject="stop"``) or passes it over (``"skip"``). ``gamma=0`` leaves the
-    decision to the error and the sign. The defaults (``ri_phase="prune"``, ``alpha=1``,
-    ``gamma=0``, ``same_sign=True``, ``on_reject="stop"``) are the best setting measured
-    on SmolLM2-135M, Wanda 60%, over three calibration seeds (benches/RESULTS.md, issue 5);
-    there no setting beat the Wanda mask itself, and this one hurt least. Other arguments
-    and the return value as :func:`dsnot`.
+    ``ri_phase`` puts RIA's relative importance in the prune score (``RI · n^alpha``) or
+    the grow score (``G · RI``) or nowhere (``|W| · n^alpha``). A candidate swap is
+    applied only if the row's error keeps its initial sign (``same_sign``) and it
+    strictly lowers ``Φ = |err|/|err⁰| + gamma · pen/pen⁰`` with ``pen`` the ℓ``p`` norm
+    of the pruned Wanda scores. At a rejected candidate the row stops
+    (``on_reject="stop"``) or passes it over (``"skip"``). The defaults live in the
+    core (``symprune.spec.VOCABULARY["refiners"]["r2dsnot"]``) and are the best setting
+    measured (benches/RESULTS.md).
     """
-    if ri_phase not in RI_PHASES:
-        raise InvalidInputError(f"ri_phase {ri_phase!r} is not one of {', '.join(RI_PHASES)}")
-    if on_reject not in ON_REJECT:
-        raise InvalidInputError(f"on_reject {on_reject!r} is not one of {', '.join(ON_REJECT)}")
-    arr, dtype, m, sq, sm, var, n, mm = _refine_inputs(
-        weight, prune_mask, in_sq, act_sum, act_var, pattern, max_cycles
-    )
-    mask, report = _core.r2dsnot(
-        arr,
-        dtype,
-        m,
-        sq,
-        sm,
-        var,
-        n=n,
-        m=mm,
-        max_cycles=max_cycles,
-        threshold=threshold,
-        var_power=var_power,
-        ri_phase=ri_phase,
-        alpha=alpha,
-        gamma=gamma,
-        p=p,
-        same_sign=same_sign,
-        on_reject=on_reject,
+    return refine(
+        "r2dsnot",
+        weight,
+        prune_mask,
+        in_sq,
+        act_sum,
+        act_var,
+        pattern=pattern,
         tensor=tensor,
+        **params,
     )
-    return (mask, report) if return_report else mask

@@ -10,118 +10,27 @@ the CPU while the layers run on the GPU).
 
 from __future__ import annotations
 
-import re
-import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from symprune import data, distributed, methods
+from symprune import _core, data, distributed, methods
 from symprune.calibrate import LinearStats, collecting, is_transposed, linear_modules
 from symprune.errors import InvalidInputError
-from symprune.methods import PruneSettings
-from symprune.streaming import Captured, StreamedModel
-
-# Linears never pruned by default inside a decoder layer: none; outside the
-# layers nothing is touched (embeddings, lm_head, norms).
-DEFAULT_TARGETS = r".*"
-
-
-@dataclass
-class Calibration:
-    """Where the calibration tokens come from (methods.md §8)."""
-
-    source: str = "builtin"  # "builtin", a .txt file or a .jsonl file of {"text": ...}
-    nsamples: int = 128
-    seqlen: int = 2048
-    seed: int = 0
-    batch_size: int = 8
-
-
-@dataclass
-class LayerRecord:
-    index: int
-    seconds: float
-    sparsity: float
-    recon_error: float
-    peak_rss_mb: float
-    peak_gpu_mb: float | None
-
-
-@dataclass
-class TensorRecord:
-    name: str
-    shape: tuple[int, ...]
-    sparsity: float
-
-
-@dataclass
-class Report:
-    """What a pruning run did, layer by layer and tensor by tensor."""
-
-    model: str
-    output: str | None
-    method: str
-    refine: str | None
-    settings: dict[str, Any]
-    device: str
-    layers: list[LayerRecord] = field(default_factory=list)
-    tensors: list[TensorRecord] = field(default_factory=list)
-    seconds: float = 0.0
-    peak_rss_mb: float = 0.0
-    bytes_written: int = 0
-    masks: dict[str, np.ndarray] | None = None
-    perplexity: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def sparsity(self) -> float:
-        total = sum(int(np.prod(t.shape)) for t in self.tensors)
-        return sum(t.sparsity * np.prod(t.shape) for t in self.tensors) / max(total, 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("masks")
-        d["overall_sparsity"] = self.sparsity
-        return d
-
-    def summary(self) -> str:
-        """A small table of the totals (and perplexity when evaluated)."""
-        numel = sum(int(np.prod(t.shape)) for t in self.tensors)
-        method = self.method + (f" + {self.refine}" if self.refine else "")
-        target = self.settings.get("pattern") or (
-            f"{self.settings.get('sparsity')} {self.settings.get('group', 'per-row')}"
-        )
-        rows = [
-            ("model", self.model),
-            ("method", f"{method} ({target})"),
-            ("tensors pruned", str(len(self.tensors))),
-            ("parameters", f"{numel:,}"),
-            ("achieved sparsity", f"{self.sparsity:.4f}"),
-            ("bytes written", f"{self.bytes_written:,} ({self.bytes_written / 2**30:.2f} GiB)"),
-            ("seconds", f"{self.seconds:.2f} on {self.device}"),
-            ("peak RSS", f"{self.peak_rss_mb:.0f} MiB"),
-            ("output", str(self.output)),
-        ]
-        rows += [(f"perplexity {k}", f"{v:.3f}") for k, v in self.perplexity.items()]
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from symprune.results import LayerRecord, Report, TensorRecord
+from symprune.spec import VOCABULARY, Calibration, PruneSpec
+from symprune.spec import selection_rule as spec_selection
+from symprune.streaming import Captured, StreamedModel, default_device
+from symprune.util import peak_rss_mb
 
 
 def calibration_ids(model_dir: Path, calib: Calibration) -> torch.Tensor:
-    """The ``(nsamples, seqlen)`` calibration windows, tokenized with the model's tokenizer."""
+    """The ``(nsamples, seqlen)`` calibration windows, tokenized with the model's tokenizer
+    (``calib`` sized, see :meth:`Calibration.sized_for`)."""
+    if calib.nsamples is None or calib.seqlen is None:
+        raise InvalidInputError("calibration: nsamples and seqlen must be set (see sized_for)")
     if calib.source == "builtin":
         text = data.builtin_corpus().calibration
     else:
@@ -130,36 +39,19 @@ def calibration_ids(model_dir: Path, calib: Calibration) -> torch.Tensor:
     return torch.tensor(data.calibration_windows(ids, calib.nsamples, calib.seqlen, calib.seed))
 
 
-def _selected(names: list[str], targets: str | None, ignore: str | None) -> list[str]:
-    def rx(pattern: str) -> re.Pattern:
-        return re.compile(pattern.removeprefix("re:"))
-
-    t = rx(targets or DEFAULT_TARGETS)
-    i = rx(ignore) if ignore else None
-    return [n for n in names if t.fullmatch(n) and not (i and i.fullmatch(n))]
-
-
 def _oriented(module: torch.nn.Module) -> torch.Tensor:
     """The weight as (out, in), a view sharing storage with the module."""
     return module.weight.data.t() if is_transposed(module) else module.weight.data
 
 
 def prune_streamed(
-    model: str | Path | None = None,
-    output: str | Path | None = None,
+    model: str | Path | None,
+    output: str | Path | None,
+    spec: PruneSpec,
+    calibration: Calibration,
     *,
-    method: str = "wanda",
-    sparsity: float = 0.5,
-    pattern: str | None = None,
-    group: str = "per-row",
-    params: dict[str, Any] | None = None,
-    refine: str | None = None,
-    refine_params: dict[str, Any] | None = None,
-    calibration: Calibration | None = None,
     device: str | None = None,
     offload_activations: bool = False,
-    targets: str | None = None,
-    ignore: str | None = None,
     keep_masks: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -174,17 +66,10 @@ def prune_streamed(
     """
     t_start = time.perf_counter()
     model_dir = Path(model) if model is not None else data.builtin_model()
-    spec = methods.get(method)
-    refiner = methods.get_refiner(refine) if refine else None
-    settings = PruneSettings(sparsity=sparsity, group=group, pattern=pattern, params=params or {})
-    if pattern:
-        from symprune.ops import parse_nm
-
-        parse_nm(pattern)
-    elif not 0.0 <= sparsity < 1.0:
-        raise InvalidInputError(f"sparsity: {sparsity} must be in [0, 1), e.g. 0.5 for 50%")
-    calib = calibration or Calibration()
+    method = methods.get(spec.method)
+    refiner = methods.get_refiner(spec.refine) if spec.refine else None
     device = device or default_device()
+    calib = calibration.sized_for(device)
     writer = None
     if output is not None and write is None and (ranks is None or ranks.leader):
         from symprune.checkpoint import CheckpointWriter
@@ -198,38 +83,27 @@ def prune_streamed(
                 f"seqlen {calib.seqlen} exceeds the model's context of "
                 f"{streamed.max_positions} tokens; pass a smaller --seqlen"
             )
-        _check_targets(streamed, targets, ignore)
+        _check_targets(streamed, spec.selection)
         ids = calibration_ids(model_dir, calib)
         if ranks is not None:
             ids = ids[ranks.windows(len(ids))]
         report = Report(
             model=str(model_dir),
             output=str(output) if output else None,
-            method=method,
-            refine=refine,
+            method=spec.method,
+            refine=spec.refine,
             device=str(device),
             masks={} if keep_masks else None,
-            settings={
-                "sparsity": sparsity,
-                "pattern": pattern,
-                "group": group,
-                **settings.params,
-                "nsamples": calib.nsamples,
-                "seqlen": calib.seqlen,
-                "seed": calib.seed,
-                "calibration": calib.source,
-                **(refine_params or {}),
-            },
+            settings={**spec.describe(), "calibration": calib.describe()},
         )
-        step = pruning_step(streamed, spec, settings, refiner, refine_params or {}, report, write)
+        step = pruning_step(streamed, spec, method, refiner, report, write)
         report.layers = stream_layers(
             streamed,
             ids,
             calib,
             step,
-            targets=targets,
-            ignore=ignore,
-            hessian=spec.needs_hessian,
+            selection=spec.selection,
+            hessian=spec.request.needs_hessian,
             offload=offload_activations,
             reduce_stats=ranks.reduce_stats if ranks is not None else None,
             progress=progress,
@@ -237,7 +111,7 @@ def prune_streamed(
         report.seconds = time.perf_counter() - t_start
         report.peak_rss_mb = peak_rss_mb()
         done = distributed.leader_finishes(
-            ranks, lambda: writer.finish(manifest=_manifest(report)) if writer else None
+            ranks, lambda: writer.finish(report.settings) if writer else None
         )
         if done:
             report.bytes_written = done["bytes_written"]
@@ -250,31 +124,26 @@ def prune_streamed(
     return report
 
 
-def _layer_weights(streamed: StreamedModel, index: int) -> dict[str, str]:
-    """Checkpoint weight name -> relative module name, for the linears of one layer."""
-    prefix = streamed.layer_prefix(index)
-    return {f"{prefix}.{n}.weight": n for n in linear_modules(streamed.layers[index])}
+def _layer_weights(
+    streamed: StreamedModel, index: int, selection: _core.Selection
+) -> dict[str, str]:
+    """Checkpoint weight name -> relative module name, for the chosen linears of one layer
+    (the core's selection rule, the same as the Rust engine's)."""
+    prefix, source = streamed.layer_prefix(index), streamed.source
+    out = {}
+    for rel in linear_modules(streamed.layers[index]):
+        name = f"{prefix}.{rel}.weight"
+        stored = name in source.names
+        if stored and selection.selects(name, source.reader.shape(name), source.reader.dtype(name)):
+            out[name] = rel
+    return out
 
 
-def _check_targets(streamed: StreamedModel, targets: str | None, ignore: str | None) -> None:
+def _check_targets(streamed: StreamedModel, selection: _core.Selection) -> None:
     for i in range(streamed.num_layers):
-        if _selected(list(_layer_weights(streamed, i)), targets, ignore):
+        if _layer_weights(streamed, i, selection):
             return
     raise InvalidInputError("no linear layer matches --targets/--ignore; nothing would be pruned")
-
-
-def _manifest(report: Report) -> dict[str, Any]:
-    from symprune import __version__
-
-    return {
-        "method": report.method,
-        "refine": report.refine,
-        "parameters": report.settings,
-        "pattern": report.settings.get("pattern") or f"unstructured {report.settings['group']}",
-        "sparsity": report.sparsity,
-        "tensors": {t.name: t.sparsity for t in report.tensors},
-        "symprune_version": __version__,
-    }
 
 
 # What a layer step gets: layer index, chosen linears (relative name -> module),
@@ -288,8 +157,7 @@ def stream_layers(
     calib: Calibration,
     step: LayerStep,
     *,
-    targets: str | None = None,
-    ignore: str | None = None,
+    selection: _core.Selection,
     hessian: bool = False,
     offload: bool = False,
     reduce_stats: Callable[[dict[str, LinearStats]], None] | None = None,
@@ -314,9 +182,8 @@ def stream_layers(
         if cuda:
             torch.cuda.reset_peak_memory_stats(streamed.device)
         layer = streamed.load_layer(i)
-        names = _layer_weights(streamed, i)
         chosen = {
-            names[w]: layer.get_submodule(names[w]) for w in _selected(list(names), targets, ignore)
+            rel: layer.get_submodule(rel) for rel in _layer_weights(streamed, i, selection).values()
         }
         with collecting(chosen, calib.seqlen, hessian=hessian) as stats:
             dense = [
@@ -360,14 +227,19 @@ def stream_layers(
 
 def pruning_step(
     streamed: StreamedModel,
-    spec: methods.Method,
-    settings: PruneSettings,
+    spec: PruneSpec,
+    method: methods.Method,
     refiner: methods.RefineFn | None,
-    refine_params: dict[str, Any],
     report: Report,
     write: Callable[[str, torch.Tensor], None] | None,
 ) -> LayerStep:
     """Prunes (and optionally refines) every chosen linear of a layer, then writes it."""
+    initial_scores = (
+        refiner is not None
+        and spec.nm is not None
+        and method.score_fn is not None
+        and VOCABULARY["refiners"][spec.refine]["uses_initial_scores"]
+    )
 
     def step(i: int, chosen: dict[str, torch.nn.Module], stats: dict[str, LinearStats]) -> bool:
         prefix = streamed.layer_prefix(i)
@@ -375,13 +247,11 @@ def pruning_step(
             tensor = f"{prefix}.{rel}.weight"
             weight = _oriented(module)
             st = stats[rel].finalize()
-            hessian = stats[rel].hessian_matrix() if spec.needs_hessian else None
-            mask = spec.fn(weight, st, hessian, settings, tensor)
+            hessian = stats[rel].hessian_matrix() if spec.request.needs_hessian else None
+            mask = method.fn(weight, st, hessian, spec, tensor)
             if refiner is not None:
-                initial = None
-                if settings.pattern and spec.score_fn is not None:
-                    initial = spec.score_fn(weight, st, settings, tensor)
-                mask = refiner(weight, mask, st, settings, refine_params, tensor, initial)
+                initial = method.score_fn(weight, st, spec, tensor) if initial_scores else None
+                mask = refiner(weight, mask, st, spec, tensor, initial)
             weight.masked_fill_(torch.from_numpy(mask).to(weight.device), 0)
             zeros = int((weight == 0).sum())
             report.tensors.append(TensorRecord(tensor, tuple(weight.shape), zeros / weight.numel()))
@@ -398,10 +268,9 @@ def calibrate_streamed(
     model: str | Path | None,
     output: str | Path,
     *,
-    calibration: Calibration | None = None,
+    calibration: Calibration,
     device: str | None = None,
-    targets: str | None = None,
-    ignore: str | None = None,
+    selection: _core.Selection | None = None,
     offload_activations: bool = False,
     progress: bool = True,
     ranks: distributed.Ranks | None = None,
@@ -419,7 +288,9 @@ def calibrate_streamed(
 
     model_dir = Path(model) if model is not None else data.builtin_model()
     out = Path(output)
-    calib = calibration or Calibration()
+    device = device or default_device()
+    calib = calibration.sized_for(device)
+    selection = selection or spec_selection()
     tensors: dict[str, torch.Tensor] = {}
 
     def record(i: int, chosen: dict[str, torch.nn.Module], stats: dict[str, LinearStats]) -> bool:
@@ -444,8 +315,8 @@ def calibrate_streamed(
         tmp.replace(out)
 
     try:
-        streamed = StreamedModel(model_dir, device or default_device())
-        _check_targets(streamed, targets, ignore)
+        streamed = StreamedModel(model_dir, device)
+        _check_targets(streamed, selection)
         ids = calibration_ids(model_dir, calib)
         if ranks is not None:
             ids = ids[ranks.windows(len(ids))]
@@ -454,8 +325,7 @@ def calibrate_streamed(
             ids,
             calib,
             record,
-            targets=targets,
-            ignore=ignore,
+            selection=selection,
             offload=offload_activations,
             reduce_stats=ranks.reduce_stats if ranks is not None else None,
             progress=progress,

@@ -30,25 +30,24 @@ from typing import Any
 
 from symprune import data
 from symprune.errors import InvalidInputError, SymPruneError
+from symprune.spec import METHODS as ALL_METHODS
+from symprune.spec import REFINERS, Calibration, PruneSpec
 
 # torch and the pruning API are imported on first use: the CLI builds this
 # command's parser (from the constants below) for every command.
 
-MODELS = ("smollm2-135m", "gemma3-270m")
-METHODS = ("magnitude", "wanda", "ria", "lp-ria", "stochria", "symwanda", "symmetric", "sparsegpt")
+MODELS = tuple(data.MODELS)
+# The grid: every method but owanda (within a row it ranks like magnitude).
+METHODS = tuple(m for m in ALL_METHODS if m != "owanda")
 TARGETS = ("50%", "60%", "70%", "2:4", "4:8")
-REFINES = ("none", "dsnot", "r2dsnot")
-# Grid parameters that differ from a method's defaults: lp-ria with its
-# default p = 1 is exactly RIA, so the grid measures the ℓ2 variant.
-METHOD_PARAMS: dict[str, dict[str, Any]] = {"lp-ria": {"p": 2.0}}
-GROUP = "per-row"  # one comparison group for every unstructured cell
+REFINES = ("none", *REFINERS)
 
 Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Target:
-    """A sparsity target: unstructured ``sparsity`` (per row) or an N:M ``pattern``."""
+    """A sparsity target: unstructured ``sparsity`` (the default pattern) or an N:M ``pattern``."""
 
     label: str
     sparsity: float
@@ -63,10 +62,8 @@ def parse_target(spec: str) -> Target:
     """``"50%"`` or ``"0.5"`` (unstructured) or ``"2:4"`` (N:M, sparsity N/M)."""
     text = spec.strip()
     if ":" in text:
-        from symprune.ops import parse_nm
-
-        n, m = parse_nm(text)
-        return Target(f"{n}:{m}", n / m, f"{n}:{m}")
+        checked = PruneSpec(method="magnitude", pattern=text)
+        return Target(checked.pattern, checked.sparsity, checked.pattern)
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
@@ -104,10 +101,11 @@ class GridSettings:
     ) -> GridSettings:
         """Fills the defaults exactly as ``symprune prune`` does (CPU- or GPU-sized)."""
         from symprune import api
-        from symprune.pipeline import default_device
+        from symprune.streaming import default_device
 
         device = device or default_device()
-        n, s = api.default_calibration(device, nsamples, seqlen)
+        calib = Calibration(nsamples=nsamples, seqlen=seqlen).sized_for(device)
+        n, s = calib.nsamples or 0, calib.seqlen or 0
         length, windows = api.default_evaluation(device, s, eval_seqlen, eval_windows)
         return cls(n, s, length, windows, seed, device, batch_size)
 
@@ -147,12 +145,10 @@ def cell_key(
         "batch_size": settings.batch_size,
     }
     if target is not None:
+        spec = cell_spec(method, target, refine)
         key |= {
-            "params": METHOD_PARAMS.get(method, {}),
             "target": target.label,
-            "sparsity": target.sparsity,
-            "pattern": target.pattern,
-            "group": GROUP,
+            "run": spec.describe(),
             "refine": refine,
             "calibration": "builtin",
             "nsamples": settings.nsamples,
@@ -160,6 +156,11 @@ def cell_key(
             "seed": settings.seed,
         }
     return key
+
+
+def cell_spec(method: str, target: Target, refine: str | None) -> PruneSpec:
+    """What a cell prunes: the method with the core's defaults at ``target``."""
+    return PruneSpec(method=method, sparsity=target.sparsity, pattern=target.pattern, refine=refine)
 
 
 def cell_path(out: Path, key: dict[str, Any]) -> Path:
@@ -254,11 +255,7 @@ def run_cell(
             report = api.prune(
                 folder,
                 pruned,
-                method=method,
-                sparsity=target.sparsity,
-                pattern=target.pattern,
-                group=GROUP,
-                refine=refine,
+                spec=cell_spec(method, target, refine),
                 nsamples=settings.nsamples,
                 seqlen=settings.seqlen,
                 seed=settings.seed,
@@ -266,7 +263,6 @@ def run_cell(
                 device=settings.device,
                 overwrite=True,  # a kept checkpoint of a run killed before its result
                 progress=progress,
-                **METHOD_PARAMS.get(method, {}),
             )
             t0 = time.perf_counter()
             ppl = evaluate(pruned)
@@ -298,13 +294,9 @@ def run_grid(
     log: Log = _stderr,
 ) -> list[dict[str, Any]]:
     """Every cell (plus each model's dense perplexity), in order; cached cells are reused."""
-    from symprune import methods as registry
-
-    for method in methods:
-        registry.get(method)  # an unknown name fails before any work
-    for refine in refines:
-        if refine is not None:
-            registry.get_refiner(refine)
+    for method in methods:  # an unknown name fails before any work
+        for refine in refines:
+            PruneSpec(method=method, refine=refine)
     out.mkdir(parents=True, exist_ok=True)
     cells = [(m, "dense", None, None) for m in models]
     cells += [(m, me, t, r) for m in models for me in methods for t in targets for r in refines]
@@ -335,7 +327,7 @@ def markdown(records: Sequence[dict[str, Any]], settings: GridSettings) -> str:
         "# Perplexity grid",
         "",
         f"Calibration: {settings.nsamples} × {settings.seqlen} tokens of the built-in "
-        f"Wikipedia text (seed {settings.seed}); unstructured targets {GROUP}. Perplexity: "
+        f"Wikipedia text (seed {settings.seed}); unstructured targets per-row. Perplexity: "
         f"built-in test split, {windows} windows of {settings.eval_seqlen} tokens. "
         f"Device: {settings.device}.",
     ]
@@ -403,7 +395,7 @@ def plot_perplexity(records: Sequence[dict[str, Any]], model: str, path: Path) -
     ax = fig.subplots()
     for n, series in enumerate(dict.fromkeys(_series(r) for r in pruned)):
         points = sorted(
-            (x[r["key"]["target"]], r["perplexity"], r["key"]["pattern"] is None)
+            (x[r["key"]["target"]], r["perplexity"], ":" not in r["key"]["target"])
             for r in pruned
             if _series(r) == series
         )

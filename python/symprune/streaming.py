@@ -30,6 +30,10 @@ from torch import nn
 from symprune.errors import ModelError
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class TensorSource:
     """Reads tensors by name from a checkpoint directory (the validating Rust reader)."""
 

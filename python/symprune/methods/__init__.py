@@ -1,108 +1,83 @@
-"""The method registry: the only place that knows the list of methods.
+"""The method registry: which Python function carries out each method of the core.
 
-A method is a small function of one linear layer's weight (PyTorch
-orientation, (out, in)), its finalized statistics and the prune settings; it
-returns the boolean prune mask (``True`` = prune) and may update the weight
-in place (SparseGPT). Refinements (DSnoT, R²-DSnoT) take an initial mask and
-return a refined one.
+The list of methods, their parameters and defaults belong to the Rust core
+(:data:`symprune.spec.VOCABULARY`); here each name gets its implementation. A
+method is a small function of one linear layer's weight (PyTorch orientation,
+(out, in)), its finalized statistics, the Hessian (when the method needs it)
+and the :class:`~symprune.spec.PruneSpec`; it returns the boolean prune mask
+(``True`` = prune) and may update the weight in place (SparseGPT). A refiner
+takes an initial mask and returns a refined one. The families are imported on
+first use, so that importing the registry needs no torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from symprune.errors import InvalidInputError
+from symprune.spec import METHODS, REFINERS, PruneSpec
 
+if TYPE_CHECKING:
+    import torch
 
-@dataclass(frozen=True)
-class PruneSettings:
-    """What to prune to: ``sparsity`` with a comparison ``group``, or an N:M ``pattern``."""
-
-    sparsity: float = 0.5
-    group: str = "per-row"
-    pattern: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        return self.pattern or f"{self.sparsity:g} {self.group}"
-
-
-# weight (torch, (out, in), on the compute device), stats, hessian-or-None, settings, tensor name
-MethodFn = Callable[[torch.Tensor, dict[str, np.ndarray], Any, PruneSettings, str], np.ndarray]
-# weight, initial mask, stats, settings, refinement params, tensor name, initial scores
+# weight (torch, (out, in), on the compute device), stats, hessian-or-None, spec, tensor name
+MethodFn = Callable[["torch.Tensor", dict[str, np.ndarray], Any, PruneSpec, str], np.ndarray]
+# weight, stats, spec, tensor name -> the method's score matrix (score methods only)
+ScoreFn = Callable[["torch.Tensor", dict[str, np.ndarray], PruneSpec, str], np.ndarray]
+# weight, initial mask, stats, spec, tensor name, initial scores -> refined mask
 RefineFn = Callable[
-    [
-        torch.Tensor,
-        np.ndarray,
-        dict[str, np.ndarray],
-        PruneSettings,
-        dict[str, Any],
-        str,
-        np.ndarray | None,
-    ],
+    ["torch.Tensor", np.ndarray, dict[str, np.ndarray], PruneSpec, str, "np.ndarray | None"],
     np.ndarray,
 ]
-
-
-# weight, stats, settings, tensor name -> the method's score matrix (score methods only)
-ScoreFn = Callable[[torch.Tensor, dict[str, np.ndarray], PruneSettings, str], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     fn: MethodFn
-    data_free: bool
-    needs_hessian: bool = False
-    updates_weights: bool = False
     score_fn: ScoreFn | None = None  # N:M refinement picks inside a group by these
 
 
-METHODS: dict[str, Method] = {}
-REFINERS: dict[str, RefineFn] = {}
+_METHODS: dict[str, Method] = {}
+_REFINERS: dict[str, RefineFn] = {}
+_FAMILIES = ("scores", "sparsegpt", "refine")
 
 
-def register(
-    name: str,
-    *,
-    data_free: bool = False,
-    needs_hessian: bool = False,
-    updates_weights: bool = False,
-    score_fn: ScoreFn | None = None,
-) -> Callable[[MethodFn], MethodFn]:
-    def wrap(fn: MethodFn) -> MethodFn:
-        METHODS[name] = Method(name, fn, data_free, needs_hessian, updates_weights, score_fn)
-        return fn
-
-    return wrap
+def register(name: str, fn: MethodFn, score_fn: ScoreFn | None = None) -> None:
+    if name not in METHODS:
+        raise InvalidInputError(f"method {name!r} is not one of the core's: {', '.join(METHODS)}")
+    _METHODS[name] = Method(name, fn, score_fn)
 
 
-def register_refiner(name: str) -> Callable[[RefineFn], RefineFn]:
-    def wrap(fn: RefineFn) -> RefineFn:
-        REFINERS[name] = fn
-        return fn
+def register_refiner(name: str, fn: RefineFn) -> None:
+    if name not in REFINERS:
+        raise InvalidInputError(f"refinement {name!r} is not one of {', '.join(REFINERS)}")
+    _REFINERS[name] = fn
 
-    return wrap
+
+def _load() -> None:
+    if not _METHODS:
+        for family in _FAMILIES:
+            importlib.import_module(f"symprune.methods.{family}")
+        missing = set(METHODS) - set(_METHODS) | set(REFINERS) - set(_REFINERS)
+        if missing:
+            raise RuntimeError(f"no implementation for {sorted(missing)}")
 
 
 def get(name: str) -> Method:
-    if name not in METHODS:
-        raise InvalidInputError(f"method {name!r} is not one of {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    _load()
+    if name not in _METHODS:
+        raise InvalidInputError(f"method {name!r} is not one of {', '.join(METHODS)}")
+    return _METHODS[name]
 
 
 def get_refiner(name: str) -> RefineFn:
-    if name not in REFINERS:
-        raise InvalidInputError(
-            f"refinement {name!r} is not one of {', '.join(sorted(REFINERS)) or 'none available'}"
-        )
-    return REFINERS[name]
-
-
-# Importing the families registers them.
-from symprune.methods import refine, scores, sparsegpt  # noqa: E402, F401
+    _load()
+    if name not in _REFINERS:
+        raise InvalidInputError(f"refinement {name!r} is not one of {', '.join(REFINERS)}")
+    return _REFINERS[name]

@@ -1,64 +1,42 @@
-"""Score-then-mask methods (methods.md §3): one Rust score, one Rust mask."""
+"""Score-then-mask methods (methods.md §3): one Rust score, one Rust mask, for every
+score method of the core."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import torch
 
 from symprune import ops
-from symprune.methods import PruneSettings, register
-
-# Which statistics each score reads, and which of the settings' params it takes.
-_SCORES = {
-    "magnitude": ((), ()),
-    "wanda": (("in_sq",), ()),
-    "ria": (("in_sq",), ("a",)),
-    "lp-ria": (("in_sq",), ("a", "p")),
-    "stochria": (("in_sq",), ("a", "beta", "seed", "activation")),
-    "symmetric": ((), ()),
-    "symwanda": (("in_sq", "out_sq"), ("lam",)),
-    "owanda": (("out_sq",), ()),
-}
+from symprune.methods import register
+from symprune.spec import VOCABULARY, PruneSpec
 
 
-def score_of(
-    name: str,
-    weight: torch.Tensor,
-    stats: dict[str, np.ndarray],
-    settings: PruneSettings,
-    tensor: str,
+def _score(
+    name: str, weight: torch.Tensor, stats: dict[str, np.ndarray], spec: PruneSpec, tensor: str
 ) -> np.ndarray:
     """The score matrix of ``weight`` (moved to the CPU for the Rust kernel)."""
-    needs, params = _SCORES[name]
-    kwargs: dict[str, Any] = {k: settings.params[k] for k in params if k in settings.params}
-    w = weight.detach().cpu()
+    info = VOCABULARY["methods"][name]
     return ops.score(
-        w,
+        weight.detach().cpu(),
         name,
-        in_sq=stats.get("in_sq") if "in_sq" in needs else None,
-        out_sq=stats.get("out_sq") if "out_sq" in needs else None,
+        in_sq=stats.get("in_sq") if info["needs_in_stats"] else None,
+        out_sq=stats.get("out_sq") if info["needs_out_stats"] else None,
         tensor=tensor,
-        **kwargs,
-    )
-
-
-def mask_of(scores: np.ndarray, settings: PruneSettings, tensor: str) -> np.ndarray:
-    return ops.mask(
-        scores, settings.sparsity, group=settings.group, pattern=settings.pattern, tensor=tensor
+        **spec.params,
     )
 
 
 def _make(name: str) -> None:
-    def method(weight, stats, hessian, settings, tensor):
-        return mask_of(score_of(name, weight, stats, settings, tensor), settings, tensor)
+    def scores(weight, stats, spec, tensor):
+        return _score(name, weight, stats, spec, tensor)
 
-    def scores(weight, stats, settings, tensor):
-        return score_of(name, weight, stats, settings, tensor)
+    def method(weight, stats, hessian, spec, tensor):
+        return ops.mask(
+            scores(weight, stats, spec, tensor), spec.sparsity, pattern=spec.pattern, tensor=tensor
+        )
 
-    register(name, data_free=not _SCORES[name][0], score_fn=scores)(method)
+    register(name, method, score_fn=scores)
 
 
-for _name in _SCORES:
+for _name in ops.SCORES:
     _make(_name)

@@ -12,23 +12,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from symprune import ops
 from symprune.errors import InvalidInputError
-from symprune.methods import PruneSettings, register
+from symprune.methods import register
+from symprune.spec import PruneSpec
 
 
-@register("sparsegpt", needs_hessian=True, updates_weights=True)
 def sparsegpt(
     weight: torch.Tensor,
     stats: dict[str, np.ndarray],
     hessian: torch.Tensor,
-    settings: PruneSettings,
+    spec: PruneSpec,
     tensor: str,
 ) -> np.ndarray:
-    blocksize = int(settings.params.get("blocksize", 128))
-    percdamp = float(settings.params.get("percdamp", 0.01))
-    n, m = ops.parse_nm(settings.pattern) if settings.pattern else (0, 0)
-    if settings.pattern and weight.shape[1] % m:
+    params = spec.effective_params
+    blocksize, percdamp = int(params["blocksize"]), float(params["percdamp"])
+    n, m = spec.nm or (0, 0)
+    if n and weight.shape[1] % m:
         raise InvalidInputError(
             f"{tensor}: {weight.shape[1]} input columns are not a multiple "
             f"of M = {m}; use another pattern or exclude this tensor"
@@ -54,7 +53,7 @@ def sparsegpt(
         d1 = torch.diag(hinv1)
         mask1 = torch.zeros_like(w1, dtype=torch.bool)
         if not n:
-            k = int(settings.sparsity * rows * count)
+            k = int(spec.sparsity * rows * count)
             order = torch.argsort((w1**2 / d1.reshape(1, -1) ** 2).flatten(), stable=True)
             mask1.view(-1)[order[:k]] = True
         for i in range(count):
@@ -74,3 +73,6 @@ def sparsegpt(
 
     weight.copy_(w.to(weight.dtype))
     return mask.cpu().numpy()
+
+
+register("sparsegpt", sparsegpt)

@@ -4,41 +4,13 @@ use crate::error::{Error, Result};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-/// Storage dtypes symprune computes on. All arithmetic happens in `f32`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dtype {
-    F32,
-    F16,
-    BF16,
-}
-
-impl Dtype {
-    /// The safetensors spelling of the dtype.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "F32",
-            Dtype::F16 => "F16",
-            Dtype::BF16 => "BF16",
-        }
-    }
-
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::BF16 => 2,
-        }
-    }
-}
-
 /// A floating-point storage element that converts exactly to `f32`.
 pub trait Element: Copy + Send + Sync + PartialEq + 'static {
-    const DTYPE: Dtype;
     const ZERO: Self;
     fn to_f32(self) -> f32;
 }
 
 impl Element for f32 {
-    const DTYPE: Dtype = Dtype::F32;
     const ZERO: Self = 0.0;
     #[inline(always)]
     fn to_f32(self) -> f32 {
@@ -47,7 +19,6 @@ impl Element for f32 {
 }
 
 impl Element for f16 {
-    const DTYPE: Dtype = Dtype::F16;
     const ZERO: Self = f16::ZERO;
     #[inline(always)]
     fn to_f32(self) -> f32 {
@@ -56,7 +27,6 @@ impl Element for f16 {
 }
 
 impl Element for bf16 {
-    const DTYPE: Dtype = Dtype::BF16;
     const ZERO: Self = bf16::ZERO;
     #[inline(always)]
     fn to_f32(self) -> f32 {

@@ -11,8 +11,10 @@ pub mod error;
 pub mod mask;
 pub mod rng;
 pub mod score;
+pub mod vocab;
 
-pub use dtype::{Dtype, Element, MatRef};
+pub use dtype::{Element, MatRef};
 pub use error::{Error, Result};
 pub use mask::Pattern;
 pub use score::{ActStats, Score};
+pub use vocab::{Method, ParamValue, Params, Refiner, Request};

@@ -38,6 +38,34 @@ pub enum Score {
     OWanda,
 }
 
+impl Score {
+    /// The method name of the score (one of `vocab::Method::NAMES`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Score::Magnitude => "magnitude",
+            Score::Wanda => "wanda",
+            Score::Ria { .. } => "ria",
+            Score::LpRia { .. } => "lp-ria",
+            Score::StochRia { .. } => "stochria",
+            Score::Symmetric => "symmetric",
+            Score::SymWanda { .. } => "symwanda",
+            Score::OWanda => "owanda",
+        }
+    }
+
+    /// Which statistics the score reads: (inputs, outputs).
+    pub fn needs_stats(&self) -> (bool, bool) {
+        match *self {
+            Score::Magnitude | Score::Symmetric => (false, false),
+            Score::Wanda => (true, false),
+            Score::Ria { a } | Score::LpRia { a, .. } => (a != 0.0, false),
+            Score::StochRia { activation, a, .. } => (activation && a != 0.0, false),
+            Score::SymWanda { .. } => (true, true),
+            Score::OWanda => (false, true),
+        }
+    }
+}
+
 /// Activation statistics of one linear layer (methods.md §2): the mean over
 /// sequences of per-sequence sums of squares of its inputs and outputs.
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,24 +1,26 @@
 //! Checkpoint reading, writing, pruning and inspection.
 //!
-//! Reports cross as JSON text (the Python side turns them into dataclasses),
-//! tensors as zero-copy `uint8` views of the memory map that keep the reader
+//! Reports cross as Python dicts (one serde conversion), tensors as zero-copy `uint8` views of the memory map that keep the reader
 //! alive, and all file work runs with the GIL released.
 
-use crate::errors::{raise, to_py};
+use crate::errors::{checkpoint_error, invalid, to_py};
+use crate::vocab::{Request, Selection};
 use numpy::ndarray::ArrayView1;
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pythonize::{depythonize, pythonize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use symprune_core::checkpoint::manifest::{pattern_by_name, score_by_name};
 use symprune_core::checkpoint::{
-    self as ck, parse_dtype, Checkpoint, MethodParams, Part, Plan, Progress, Selection,
-    WriterOptions,
+    self as ck, parse_dtype, Checkpoint, Part, Plan, Progress, WriterOptions,
 };
+use symprune_core::Pattern;
 
-fn json_text<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("reports serialize to JSON")
+/// A core report as Python objects.
+fn to_python<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'py, PyAny>> {
+    Ok(pythonize(py, value)?)
 }
 
 /// A checkpoint directory, memory-mapped.
@@ -87,11 +89,7 @@ struct Writer {
 impl Writer {
     fn get(&mut self, py: Python<'_>) -> PyResult<&mut ck::CheckpointWriter> {
         self.inner.as_mut().ok_or_else(|| {
-            raise(
-                py,
-                "CheckpointError",
-                "this writer is already finished or aborted".into(),
-            )
+            checkpoint_error(py, "this writer is already finished or aborted".into())
         })
     }
 }
@@ -133,33 +131,27 @@ impl Writer {
         dtype: &str,
         data: PyReadonlyArray1<'_, u8>,
     ) -> PyResult<()> {
-        let dtype = parse_dtype(dtype).ok_or_else(|| {
-            raise(
-                py,
-                "InvalidInputError",
-                format!("dtype {dtype:?} is not a safetensors dtype"),
-            )
-        })?;
+        let dtype = parse_dtype(dtype)
+            .ok_or_else(|| invalid(py, format!("dtype {dtype:?} is not a safetensors dtype")))?;
         let bytes = data.as_slice()?;
         let w = self.get(py)?;
         py.detach(|| w.write_tensor(name, dtype, bytes))
             .map_err(|e| to_py(py, e))
     }
 
-    /// Finishes the output; `manifest` is a JSON object of the run's fields.
-    /// Returns the finish report as JSON.
-    fn finish(&mut self, py: Python<'_>, manifest: &str) -> PyResult<String> {
-        let run: Map<String, Value> = serde_json::from_str(manifest).map_err(|e| {
-            raise(
-                py,
-                "InvalidInputError",
-                format!("manifest must be a JSON object: {e}"),
-            )
-        })?;
+    /// Finishes the output; `run` holds the run's fields of the manifest.
+    /// Returns the finish report.
+    fn finish<'py>(
+        &mut self,
+        py: Python<'py>,
+        run: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let run: Map<String, Value> =
+            depythonize(run).map_err(|e| invalid(py, format!("run: not JSON-like: {e}")))?;
         self.get(py)?;
         let w = self.inner.take().expect("checked above");
         let report = py.detach(|| w.finish(&run)).map_err(|e| to_py(py, e))?;
-        Ok(json_text(&report))
+        to_python(py, &report)
     }
 
     /// Stops without finishing (temporary files removed, finished shards kept).
@@ -170,48 +162,28 @@ impl Writer {
     }
 }
 
-/// Prunes a checkpoint directory into another; returns the report as JSON.
-/// `progress(kind, json)` hears `"start"` (`{"tensors": N}`) and `"tensor"`
-/// (one tensor's report); an exception in it (or Ctrl-C) stops the run.
-/// With `world > 1`, only the shards of part `rank` (see `finalize`).
+/// Prunes a checkpoint directory into another as `request` says; returns the
+/// report. `progress(kind, payload)` hears `"start"` (`{"tensors": N}`) and
+/// `"tensor"` (one tensor's report); an exception in it (or Ctrl-C) stops the
+/// run. With `world > 1`, only the shards of part `rank` (see `finalize`).
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
-#[pyo3(signature = (input, output, method, *, group="per-row", sparsity=0.5, n=0, m=0, a=0.5, p=1.0, beta=0.1, seed=0, activation=true, lam=1.0, targets=Vec::new(), ignore=Vec::new(), stats=None, overwrite=false, progress=None, rank=0, world=1))]
-fn prune_checkpoint(
-    py: Python<'_>,
+#[pyo3(signature = (input, output, request, selection, *, stats=None, overwrite=false, progress=None, rank=0, world=1))]
+fn prune_checkpoint<'py>(
+    py: Python<'py>,
     input: PathBuf,
     output: PathBuf,
-    method: &str,
-    group: &str,
-    sparsity: f64,
-    n: usize,
-    m: usize,
-    a: f64,
-    p: f64,
-    beta: f64,
-    seed: u64,
-    activation: bool,
-    lam: f64,
-    targets: Vec<String>,
-    ignore: Vec<String>,
+    request: &Request,
+    selection: &Selection,
     stats: Option<PathBuf>,
     overwrite: bool,
     progress: Option<Py<PyAny>>,
     rank: usize,
     world: usize,
-) -> PyResult<String> {
-    let params = MethodParams {
-        a,
-        p,
-        beta,
-        seed,
-        activation,
-        lambda: lam,
-    };
+) -> PyResult<Bound<'py, PyAny>> {
     let plan = Plan {
-        score: score_by_name(method, &params).map_err(|e| to_py(py, e))?,
-        pattern: pattern_by_name(group, sparsity, n, m).map_err(|e| to_py(py, e))?,
-        selection: Selection::new(&targets, &ignore).map_err(|e| to_py(py, e))?,
+        request: request.inner.clone(),
+        selection: selection.inner.clone(),
         stats,
         overwrite,
         part: Part::new(rank, world).map_err(|e| to_py(py, e))?,
@@ -219,13 +191,16 @@ fn prune_checkpoint(
     let mut failure: Option<PyErr> = None;
     let mut on_progress = |event: Progress| -> bool {
         Python::attach(|py| {
-            let (kind, payload) = match event {
-                Progress::Start { tensors } => ("start", format!("{{\"tensors\": {tensors}}}")),
-                Progress::Tensor(report) => ("tensor", json_text(report)),
-            };
-            let called = match &progress {
-                Some(callback) => callback.call1(py, (kind, payload)).map(drop),
-                None => Ok(()),
+            let called = match (&progress, event) {
+                (Some(callback), Progress::Start { tensors }) => {
+                    let payload = PyDict::new(py);
+                    payload
+                        .set_item("tensors", tensors)
+                        .and_then(|()| callback.call1(py, ("start", payload)).map(drop))
+                }
+                (Some(callback), Progress::Tensor(report)) => to_python(py, report)
+                    .and_then(|payload| callback.call1(py, ("tensor", payload)).map(drop)),
+                (None, _) => Ok(()),
             };
             match called.and_then(|()| py.check_signals()) {
                 Ok(()) => true,
@@ -238,41 +213,44 @@ fn prune_checkpoint(
     };
     let result = py.detach(|| ck::prune_checkpoint(&input, &output, &plan, &mut on_progress));
     match (result, failure) {
-        (Ok(report), _) => Ok(json_text(&report)),
+        (Ok(report), _) => to_python(py, &report),
         (Err(_), Some(stopped)) => Err(stopped),
         (Err(e), None) => Err(to_py(py, e)),
     }
 }
 
 /// Finishes the output of a shard-parallel run once every part is done;
-/// returns the finish report as JSON.
+/// returns the finish report.
 #[pyfunction]
-fn finalize(py: Python<'_>, output: PathBuf) -> PyResult<String> {
-    py.detach(|| ck::finalize(&output))
-        .map(|r| json_text(&r))
-        .map_err(|e| to_py(py, e))
+fn finalize(py: Python<'_>, output: PathBuf) -> PyResult<Bound<'_, PyAny>> {
+    let report = py
+        .detach(|| ck::finalize(&output))
+        .map_err(|e| to_py(py, e))?;
+    to_python(py, &report)
 }
 
-/// Per-tensor sparsity of a checkpoint (and an N:M check when `n`, `m` > 0),
-/// as JSON.
+/// Per-tensor sparsity of a checkpoint, and an N:M check when `pattern` is
+/// one (other patterns have nothing to check).
 #[pyfunction]
-#[pyo3(signature = (path, n=0, m=0, targets=Vec::new(), ignore=Vec::new()))]
-fn inspect(
-    py: Python<'_>,
+#[pyo3(signature = (path, selection, pattern=None))]
+fn inspect<'py>(
+    py: Python<'py>,
     path: PathBuf,
-    n: usize,
-    m: usize,
-    targets: Vec<String>,
-    ignore: Vec<String>,
-) -> PyResult<String> {
-    let selection = Selection::new(&targets, &ignore).map_err(|e| to_py(py, e))?;
-    let nm = (n > 0 || m > 0).then_some((n, m));
-    py.detach(|| ck::inspect(&path, nm, &selection))
-        .map(|r| json_text(&r))
-        .map_err(|e| to_py(py, e))
+    selection: &Selection,
+    pattern: Option<&str>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let nm = match crate::ops::parse_pattern(py, pattern, None)? {
+        Pattern::NM { n, m } if pattern.is_some() => Some((n, m)),
+        _ => None,
+    };
+    let report = py
+        .detach(|| ck::inspect(&path, nm, &selection.inner))
+        .map_err(|e| to_py(py, e))?;
+    to_python(py, &report)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("MANIFEST_FILE", ck::MANIFEST_FILE)?;
     m.add_class::<Reader>()?;
     m.add_class::<Writer>()?;
     m.add_function(wrap_pyfunction!(prune_checkpoint, m)?)?;

@@ -9,6 +9,7 @@ mod checkpoint;
 mod dsnot;
 mod errors;
 mod ops;
+mod vocab;
 
 use pyo3::prelude::*;
 
@@ -16,6 +17,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     ops::register(m)?;
+    vocab::register(m)?;
     checkpoint::register(m)?;
     dsnot::register(m)
 }

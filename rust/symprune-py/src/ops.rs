@@ -1,6 +1,7 @@
 //! Scores, masks and mask application.
 
-use crate::errors::{raise, to_py};
+use crate::errors::{invalid, to_py};
+use crate::vocab::to_params;
 use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};
 use numpy::ndarray::Array2;
@@ -9,7 +10,8 @@ use numpy::{
     PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
-use symprune_core::{mask, score as scores, ActStats, MatRef, Pattern, Score};
+use pyo3::types::PyDict;
+use symprune_core::{mask, score as scores, ActStats, MatRef, Method, Pattern};
 
 /// Runs `$body` with `$m` bound to a `MatRef` of the array's element type.
 macro_rules! with_matrix {
@@ -37,9 +39,8 @@ macro_rules! with_matrix {
                     py.detach(|| $body).map_err(|e| to_py(py, e))
                 }
             }
-            other => Err(raise(
+            other => Err(invalid(
                 py,
-                "InvalidInputError",
                 format!("dtype {other:?} is not one of F32, F16, BF16"),
             )),
         }
@@ -58,38 +59,27 @@ pub(crate) fn to_matrix<T: numpy::Element>(
         .into_pyarray(py)
 }
 
+/// The score matrix of `weight` under the score method `method` with
+/// `params` (by name; absent = the core's default).
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
-#[pyo3(signature = (weight, dtype, method, in_sq=None, out_sq=None, *, a=0.5, p=1.0, beta=0.1, seed=0, activation=true, lam=1.0, tensor=""))]
+#[pyo3(signature = (weight, dtype, method, params=None, in_sq=None, out_sq=None, tensor=""))]
 fn score<'py>(
     py: Python<'py>,
     weight: &Bound<'py, PyAny>,
     dtype: &str,
     method: &str,
+    params: Option<&Bound<'py, PyDict>>,
     in_sq: Option<PyReadonlyArray1<'py, f32>>,
     out_sq: Option<PyReadonlyArray1<'py, f32>>,
-    a: f64,
-    p: f64,
-    beta: f64,
-    seed: u64,
-    activation: bool,
-    lam: f64,
     tensor: &str,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let method = match method {
-        "magnitude" => Score::Magnitude,
-        "wanda" => Score::Wanda,
-        "ria" => Score::Ria { a },
-        "lp-ria" => Score::LpRia { p, a },
-        "stochria" => Score::StochRia { beta, seed, activation, a },
-        "symmetric" => Score::Symmetric,
-        "symwanda" => Score::SymWanda { lambda: lam },
-        "owanda" => Score::OWanda,
-        other => {
-            return Err(raise(
+    let score = match Method::new(method, &to_params(py, params)?).map_err(|e| to_py(py, e))? {
+        (Method::Score(score), _) => score,
+        (other, _) => {
+            return Err(invalid(
                 py,
-                "InvalidInputError",
-                format!("method {other:?} is not a score (magnitude, wanda, ria, lp-ria, stochria, symmetric, symwanda, owanda)"),
+                format!("method {:?} is not a score method", other.name()),
             ))
         }
     };
@@ -100,37 +90,24 @@ fn score<'py>(
     let out = with_matrix!(py, weight, dtype, "weight", |m| {
         rows = m.rows();
         cols = m.cols();
-        scores::compute(m, stats, &method, tensor)
+        scores::compute(m, stats, &score, tensor)
     })?;
     Ok(to_matrix(py, out, rows, cols))
 }
 
+/// The prune mask of `scores` under `pattern` (absent = the core's default)
+/// at `sparsity` (unstructured patterns only; absent = the default).
 #[pyfunction]
-#[pyo3(signature = (scores, dtype, group, sparsity=0.0, n=0, m=0, tensor=""))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (scores, dtype, pattern=None, sparsity=None, tensor=""))]
 fn mask_of<'py>(
     py: Python<'py>,
     scores: &Bound<'py, PyAny>,
     dtype: &str,
-    group: &str,
-    sparsity: f64,
-    n: usize,
-    m: usize,
+    pattern: Option<&str>,
+    sparsity: Option<f64>,
     tensor: &str,
 ) -> PyResult<Bound<'py, PyArray2<bool>>> {
-    let pattern = match group {
-        "per-row" => Pattern::PerRow { sparsity },
-        "per-matrix" => Pattern::PerMatrix { sparsity },
-        "adaptive" => Pattern::AdaptivePerRow { sparsity },
-        "n:m" => Pattern::NM { n, m },
-        other => {
-            return Err(raise(
-                py,
-                "InvalidInputError",
-                format!("group {other:?} is not one of per-row, per-matrix, adaptive, n:m"),
-            ))
-        }
-    };
+    let pattern = parse_pattern(py, pattern, sparsity)?;
     let (mut rows, mut cols) = (0, 0);
     let out = with_matrix!(py, scores, dtype, "scores", |s| {
         rows = s.rows();
@@ -138,6 +115,19 @@ fn mask_of<'py>(
         mask::compute(s, pattern, tensor)
     })?;
     Ok(to_matrix(py, out, rows, cols))
+}
+
+/// The core's pattern called `pattern` at `sparsity` (both optional).
+pub(crate) fn parse_pattern(
+    py: Python<'_>,
+    pattern: Option<&str>,
+    sparsity: Option<f64>,
+) -> PyResult<Pattern> {
+    Pattern::parse(
+        pattern,
+        sparsity.unwrap_or(symprune_core::vocab::DEFAULT_SPARSITY),
+    )
+    .map_err(|e| to_py(py, e))
 }
 
 #[pyfunction]
@@ -165,9 +155,8 @@ fn apply_mask(
                 py.detach(|| mask::apply(w, mask)).map_err(|e| to_py(py, e))
             }
         }
-        other => Err(raise(
+        other => Err(invalid(
             py,
-            "InvalidInputError",
             format!("dtype {other:?} is not one of F32, F16, BF16"),
         )),
     }

@@ -16,7 +16,7 @@ pub mod selection;
 pub mod writer;
 
 pub use inspect::{inspect, Inspection, TensorSparsity};
-pub use manifest::{MethodParams, MANIFEST_FILE};
+pub use manifest::MANIFEST_FILE;
 pub use prune::{prune_checkpoint, Plan, Progress, Report, TensorReport};
 pub use reader::{parse_dtype, Checkpoint, Shard, TensorInfo, TensorRef};
 pub use safetensors::Dtype as StorageDtype;

@@ -6,7 +6,6 @@
 //! in blocks of rows, so memory does not grow with the tensor; otherwise the
 //! whole tensor's scores and mask are held once, and written out in blocks.
 
-use super::manifest::{describe_pattern, describe_score};
 use super::reader::{Checkpoint, Shard, TensorInfo};
 use super::selection::Selection;
 use super::writer::{CheckpointWriter, Part, WriterOptions, ZeroCount};
@@ -15,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::mask::{self, Pattern};
 use crate::rng::fnv1a64;
 use crate::score::{self, ActStats, Score};
+use crate::vocab::{Method, Request};
 use half::{bf16, f16};
 use safetensors::Dtype;
 use serde::Serialize;
@@ -30,8 +30,9 @@ const BLOCK_ELEMS: usize = 1 << 22;
 /// What to prune and how.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub score: Score,
-    pub pattern: Pattern,
+    /// What to prune to; its method must be a score and it must have no
+    /// refinement ([`Request::runs_shard_by_shard`]).
+    pub request: Request,
     pub selection: Selection,
     /// Activation statistics (a safetensors file): for weight `X.weight`, F32
     /// vectors `X.in_sq` (one per input) and `X.out_sq` (one per output).
@@ -79,22 +80,10 @@ pub enum Progress<'a> {
     Tensor(&'a TensorReport),
 }
 
-/// Which statistics a score reads: (inputs, outputs).
-fn needs_stats(score: &Score) -> (bool, bool) {
-    match *score {
-        Score::Magnitude | Score::Symmetric => (false, false),
-        Score::Wanda => (true, false),
-        Score::Ria { a } | Score::LpRia { a, .. } => (a != 0.0, false),
-        Score::StochRia { activation, a, .. } => (activation && a != 0.0, false),
-        Score::SymWanda { .. } => (true, true),
-        Score::OWanda => (false, true),
-    }
-}
-
 /// Whether each row's mask depends on that row alone.
-fn row_local(plan: &Plan) -> bool {
-    matches!(plan.score, Score::Magnitude | Score::Wanda | Score::OWanda)
-        && matches!(plan.pattern, Pattern::PerRow { .. } | Pattern::NM { .. })
+fn row_local(score: &Score, pattern: Pattern) -> bool {
+    matches!(score, Score::Magnitude | Score::Wanda | Score::OWanda)
+        && matches!(pattern, Pattern::PerRow { .. } | Pattern::NM { .. })
 }
 
 /// The statistics of one weight.
@@ -103,8 +92,9 @@ struct Stats {
     out_sq: Option<Vec<f32>>,
 }
 
-fn load_stats(file: Option<&Shard>, t: &TensorInfo, plan: &Plan, method: &str) -> Result<Stats> {
-    let (need_in, need_out) = needs_stats(&plan.score);
+fn load_stats(file: Option<&Shard>, t: &TensorInfo, score: &Score) -> Result<Stats> {
+    let method = score.name();
+    let (need_in, need_out) = score.needs_stats();
     if !(need_in || need_out) {
         return Ok(Stats {
             in_sq: None,
@@ -115,8 +105,8 @@ fn load_stats(file: Option<&Shard>, t: &TensorInfo, plan: &Plan, method: &str) -
         return Err(Error::invalid(
             "stats",
             format!(
-                "method {method} needs activation statistics, so calibration is needed; \
-                 pass --stats FILE (a safetensors file with X.in_sq / X.out_sq per weight X.weight)"
+                "method {method} needs activation statistics: give a statistics file (stats) \
+                 from `symprune calibrate` (safetensors, X.in_sq / X.out_sq per weight X.weight)"
             ),
         ));
     };
@@ -154,8 +144,8 @@ fn load_stats(file: Option<&Shard>, t: &TensorInfo, plan: &Plan, method: &str) -
 
 /// Runs the kernels once on a tiny matrix, so that a bad parameter fails
 /// before the output directory is touched, with the kernels' own message.
-fn check_parameters(plan: &Plan) -> Result<()> {
-    let cols = match plan.pattern {
+fn check_parameters(score: &Score, pattern: Pattern) -> Result<()> {
+    let cols = match pattern {
         Pattern::NM { m, .. } => m.max(1),
         _ => 4,
     };
@@ -165,10 +155,10 @@ fn check_parameters(plan: &Plan) -> Result<()> {
         out_sq: Some(&ones[..1]),
     };
     let w = MatRef::new(&ones, 1, cols, "parameters")?;
-    let scores = score::compute(w, stats, &plan.score, "parameters")?;
+    let scores = score::compute(w, stats, score, "parameters")?;
     mask::compute(
         MatRef::new(&scores, 1, cols, "parameters")?,
-        plan.pattern,
+        pattern,
         "parameters",
     )?;
     Ok(())
@@ -198,7 +188,8 @@ fn prune_matrix<T: Element + bytemuck::Pod>(
     shard: &Shard,
     t: &TensorInfo,
     stats: &Stats,
-    plan: &Plan,
+    score: &Score,
+    pattern: Pattern,
 ) -> Result<()> {
     let bytes = shard.data(t);
     // Shards rarely align tensors for T; then a copy replaces the mapped view.
@@ -222,28 +213,24 @@ fn prune_matrix<T: Element + bytemuck::Pod>(
         Ok::<(), Error>(())
     };
     let in_sq = stats.in_sq.as_deref();
-    if row_local(plan) {
+    if row_local(score, pattern) {
         for r0 in (0..rows).step_by(block) {
             let r1 = (r0 + block).min(rows);
             let w = MatRef::new(&data[r0 * cols..r1 * cols], r1 - r0, cols, name)?;
             let out_sq = stats.out_sq.as_deref().map(|o| &o[r0..r1]);
-            let scores = score::compute(w, ActStats { in_sq, out_sq }, &plan.score, name)
+            let scores = score::compute(w, ActStats { in_sq, out_sq }, score, name)
                 .map_err(|e| shift_rows(e, r0))?;
-            let prune = mask::compute(
-                MatRef::new(&scores, r1 - r0, cols, name)?,
-                plan.pattern,
-                name,
-            )
-            .map_err(|e| shift_rows(e, r0))?;
+            let prune = mask::compute(MatRef::new(&scores, r1 - r0, cols, name)?, pattern, name)
+                .map_err(|e| shift_rows(e, r0))?;
             drop(scores);
             write(writer, r0, r1, &prune)?;
         }
     } else {
         let w = MatRef::new(&data, rows, cols, name)?;
         let out_sq = stats.out_sq.as_deref();
-        let scores = score::compute(w, ActStats { in_sq, out_sq }, &plan.score, name)?;
+        let scores = score::compute(w, ActStats { in_sq, out_sq }, score, name)?;
         release(0, rows);
-        let prune = mask::compute(MatRef::new(&scores, rows, cols, name)?, plan.pattern, name)?;
+        let prune = mask::compute(MatRef::new(&scores, rows, cols, name)?, pattern, name)?;
         drop(scores);
         for r0 in (0..rows).step_by(block) {
             let r1 = (r0 + block).min(rows);
@@ -263,7 +250,26 @@ pub fn prune_checkpoint(
     progress: &mut dyn FnMut(Progress) -> bool,
 ) -> Result<Report> {
     let started = Instant::now();
-    check_parameters(plan)?;
+    let request = &plan.request;
+    let score = match &request.method {
+        Method::Score(score) if request.refiner.is_none() => score,
+        _ => {
+            return Err(Error::invalid(
+                "method",
+                format!(
+                    "{}{} does not run shard by shard; it calibrates layer by layer",
+                    request.method.name(),
+                    request
+                        .refiner
+                        .as_ref()
+                        .map(|r| format!(" with refine {}", r.name()))
+                        .unwrap_or_default()
+                ),
+            ))
+        }
+    };
+    let pattern = request.pattern;
+    check_parameters(score, pattern)?;
     let checkpoint = Arc::new(Checkpoint::open(input)?);
     let targets: Vec<(usize, &TensorInfo)> = checkpoint
         .shards
@@ -279,7 +285,7 @@ pub fn prune_checkpoint(
              layers of the decoder blocks); check targets/ignore against `symprune inspect`",
         ));
     }
-    if let Pattern::NM { m, .. } = plan.pattern {
+    if let Pattern::NM { m, .. } = pattern {
         if let Some((_, t)) = targets.iter().find(|(_, t)| t.shape[1] % m != 0) {
             return Err(Error::tensor(
                 input,
@@ -293,18 +299,19 @@ pub fn prune_checkpoint(
         }
     }
 
-    let mut run = describe_score(&plan.score);
-    let method = run["method"].as_str().unwrap_or_default().to_string();
-    run.extend(describe_pattern(&plan.pattern));
+    let mut run = request.describe();
     run.insert("selection".into(), plan.selection.describe());
-    let stats_file = match (&plan.stats, needs_stats(&plan.score)) {
+    if let Some(path) = &plan.stats {
+        run.insert("stats".into(), path.display().to_string().into());
+    }
+    let stats_file = match (&plan.stats, score.needs_stats()) {
         (Some(path), (true, _) | (_, true)) => Some(Shard::open(path)?),
         _ => None,
     };
     // Loading every statistic once up front checks them all before writing.
     let stats = targets
         .iter()
-        .map(|(_, t)| load_stats(stats_file.as_ref(), t, plan, &method))
+        .map(|(_, t)| load_stats(stats_file.as_ref(), t, score))
         .collect::<Result<Vec<_>>>()?;
     let mut key = Map::new();
     key.insert("run".into(), Value::Object(run.clone()));
@@ -346,9 +353,15 @@ pub fn prune_checkpoint(
             let clock = Instant::now();
             if !resumed {
                 match t.dtype {
-                    Dtype::F32 => prune_matrix::<f32>(&mut writer, shard, t, &stats[k], plan)?,
-                    Dtype::F16 => prune_matrix::<f16>(&mut writer, shard, t, &stats[k], plan)?,
-                    Dtype::BF16 => prune_matrix::<bf16>(&mut writer, shard, t, &stats[k], plan)?,
+                    Dtype::F32 => {
+                        prune_matrix::<f32>(&mut writer, shard, t, &stats[k], score, pattern)?
+                    }
+                    Dtype::F16 => {
+                        prune_matrix::<f16>(&mut writer, shard, t, &stats[k], score, pattern)?
+                    }
+                    Dtype::BF16 => {
+                        prune_matrix::<bf16>(&mut writer, shard, t, &stats[k], score, pattern)?
+                    }
                     other => unreachable!("the selection only picks float tensors, not {other}"),
                 }
             }
@@ -495,10 +508,14 @@ pub(crate) mod tests {
         fs::write(dir.join("config.json"), "{}").unwrap();
     }
 
+    fn request(method: &str, sparsity: f64) -> Request {
+        let none = crate::vocab::Params::new();
+        Request::new(Some(method), &none, None, Some(sparsity), None, &none).unwrap()
+    }
+
     fn plan(overwrite: bool) -> Plan {
         Plan {
-            score: Score::Symmetric,
-            pattern: Pattern::PerRow { sparsity: 0.5 },
+            request: request("symmetric", 0.5),
             selection: Selection::default(),
             stats: None,
             overwrite,
@@ -558,7 +575,7 @@ pub(crate) mod tests {
             let scores = score::compute(m, ActStats::default(), &Score::Symmetric, "").unwrap();
             let prune = mask::compute(
                 MatRef::new(&scores, rows, cols, "s").unwrap(),
-                plan(false).pattern,
+                plan(false).request.pattern,
                 "",
             )
             .unwrap();
@@ -622,7 +639,7 @@ pub(crate) mod tests {
         assert!(!twice.join(MANIFEST_FILE).exists() && !twice.join("config.json").exists());
         assert!(twice.join("model-00001-of-00002.safetensors").exists());
         let other = Plan {
-            pattern: Pattern::PerRow { sparsity: 0.25 },
+            request: request("symmetric", 0.25),
             ..plan(false)
         };
         let e = run(&input, &twice, &other).unwrap_err().to_string();
@@ -638,13 +655,13 @@ pub(crate) mod tests {
         let input = tmp.path().join("in");
         checkpoint(&input);
         let wanda = Plan {
-            score: Score::Wanda,
+            request: request("wanda", 0.5),
             ..plan(false)
         };
         let e = run(&input, &tmp.path().join("o"), &wanda)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("pass --stats FILE"), "{e}");
+        assert!(e.contains("give a statistics file (stats)"), "{e}");
         let stats = tmp.path().join("stats.safetensors");
         shard(
             &stats,
@@ -712,7 +729,7 @@ pub(crate) mod tests {
         checkpoint(&input);
         let part = |rank, sparsity, overwrite| Plan {
             part: Part::new(rank, 2).unwrap(),
-            pattern: Pattern::PerRow { sparsity },
+            request: request("symmetric", sparsity),
             ..plan(overwrite)
         };
         run(&input, &out, &part(0, 0.25, false)).unwrap();

@@ -58,20 +58,22 @@ impl Selection {
 
     /// Whether `t` is pruned.
     pub fn selects(&self, t: &TensorInfo) -> bool {
-        let prunable =
-            t.shape.len() == 2 && matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+        self.selects_tensor(&t.name, &t.shape, t.dtype)
+    }
+
+    /// Whether the tensor `name` of `shape` and `dtype` is pruned.
+    pub fn selects_tensor(&self, name: &str, shape: &[usize], dtype: Dtype) -> bool {
+        let prunable = shape.len() == 2 && matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
         if !prunable {
             return false;
         }
-        let module = t.name.strip_suffix(".weight").unwrap_or(&t.name);
-        let hit = |r: &Regex| r.is_match(&t.name) || r.is_match(module);
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        let hit = |r: &Regex| r.is_match(name) || r.is_match(module);
         if self.ignore.iter().any(hit) {
             return false;
         }
         if self.targets.is_empty() {
-            t.name.ends_with(".weight")
-                && IN_BLOCK.is_match(&t.name)
-                && !NOT_LINEAR.is_match(&t.name)
+            name.ends_with(".weight") && IN_BLOCK.is_match(name) && !NOT_LINEAR.is_match(name)
         } else {
             self.targets.iter().any(hit)
         }

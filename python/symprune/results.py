@@ -1,0 +1,79 @@
+"""What a pruning run reports, layer by layer and tensor by tensor (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LayerRecord:
+    index: int
+    seconds: float
+    sparsity: float
+    recon_error: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+
+
+@dataclass
+class TensorRecord:
+    name: str
+    shape: tuple[int, ...]
+    sparsity: float
+
+
+@dataclass
+class Report:
+    """What a pruning run did, layer by layer and tensor by tensor."""
+
+    model: str
+    output: str | None
+    method: str
+    refine: str | None
+    settings: dict[str, Any]  # the run as sparsity.json describes it
+    device: str
+    layers: list[LayerRecord] = field(default_factory=list)
+    tensors: list[TensorRecord] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    bytes_written: int = 0
+    masks: dict[str, np.ndarray] | None = None
+    perplexity: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        total = sum(int(np.prod(t.shape)) for t in self.tensors)
+        return sum(t.sparsity * np.prod(t.shape) for t in self.tensors) / max(total, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("masks")
+        d["overall_sparsity"] = self.sparsity
+        return d
+
+    def summary(self) -> str:
+        """A small table of the totals (and perplexity when evaluated)."""
+        numel = sum(int(np.prod(t.shape)) for t in self.tensors)
+        method = self.method + (f" + {self.refine}" if self.refine else "")
+        pattern = self.settings["pattern"]
+        target = pattern if ":" in pattern else f"{self.settings['sparsity']:g} {pattern}"
+        rows = [
+            ("model", self.model),
+            ("method", f"{method} ({target})"),
+            ("tensors pruned", str(len(self.tensors))),
+            ("parameters", f"{numel:,}"),
+            ("achieved sparsity", f"{self.sparsity:.4f}"),
+            ("bytes written", f"{self.bytes_written:,} ({self.bytes_written / 2**30:.2f} GiB)"),
+            ("seconds", f"{self.seconds:.2f} on {self.device}"),
+            ("peak RSS", f"{self.peak_rss_mb:.0f} MiB"),
+            ("output", str(self.output)),
+        ]
+        rows += [(f"perplexity {k}", f"{v:.3f}") for k, v in self.perplexity.items()]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+__all__ = ["LayerRecord", "Report", "TensorRecord"]

@@ -1,0 +1,164 @@
+"""What a pruning run does, validated once at the edge and passed whole to either engine.
+
+The names, parameters and defaults all come from the Rust core
+(:data:`VOCABULARY`); nothing here restates them. ``None`` always means "the
+core's default". This module needs no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from symprune import _core
+from symprune.errors import InvalidInputError
+
+VOCABULARY: dict[str, Any] = _core.vocabulary()
+"""Every method, refiner and pattern with its parameters (name, default, kind, doc)."""
+
+METHODS: tuple[str, ...] = tuple(VOCABULARY["method_names"])
+REFINERS: tuple[str, ...] = tuple(VOCABULARY["refiner_names"])
+PATTERNS: tuple[str, ...] = tuple(VOCABULARY["patterns"])
+
+
+def _patterns(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def selection_rule(
+    targets: str | Sequence[str] | None = None, ignore: str | Sequence[str] | None = None
+) -> _core.Selection:
+    """The core's selection rule with ``targets`` / ``ignore`` regexes (``re:`` optional)."""
+    return _core.Selection(_patterns(targets), _patterns(ignore))
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """A pruning request: method (with ``params``), target, refinement, tensor selection.
+
+    ``pattern`` is ``per-row`` (default), ``per-matrix``, ``adaptive`` (all at
+    ``sparsity``) or ``N:M``. Every name and parameter is checked by the core
+    when the spec is made: an unknown name, an unknown parameter or a value of
+    the wrong type raises :class:`~symprune.errors.InvalidInputError`.
+    """
+
+    method: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    sparsity: float | None = None
+    pattern: str | None = None
+    refine: str | None = None
+    refine_params: Mapping[str, Any] = field(default_factory=dict)
+    targets: str | Sequence[str] | None = None
+    ignore: str | Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        request = _core.Request(
+            self.method,
+            dict(self.params),
+            self.pattern,
+            self.sparsity,
+            self.refine,
+            dict(self.refine_params),
+        )
+        object.__setattr__(self, "request", request)
+        object.__setattr__(self, "selection", selection_rule(self.targets, self.ignore))
+        # The canonical names, so that every reader sees the same spelling.
+        object.__setattr__(self, "method", request.method)
+        object.__setattr__(self, "pattern", request.pattern)
+        object.__setattr__(self, "sparsity", request.sparsity)
+
+    request: _core.Request = field(init=False, repr=False, compare=False)
+    selection: _core.Selection = field(init=False, repr=False, compare=False)
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """``(n, m)`` of an N:M pattern."""
+        return self.request.nm
+
+    def runs_shard_by_shard(self, with_stats_file: bool) -> bool:
+        """Whether the Rust engine does it alone (no model, no calibration)."""
+        return self.request.runs_shard_by_shard(with_stats_file)
+
+    @property
+    def effective_params(self) -> dict[str, Any]:
+        """The method's parameters with the core's defaults filled in."""
+        return self.request.describe()["parameters"]
+
+    @property
+    def effective_refine_params(self) -> dict[str, Any]:
+        """The refinement's parameters with the core's defaults filled in."""
+        return self.request.describe()["refine_parameters"]
+
+    def describe(self) -> dict[str, Any]:
+        """The run's fields of ``sparsity.json``, as both engines write them."""
+        return {**self.request.describe(), "selection": self.selection.describe()}
+
+    def label(self) -> str:
+        """E.g. ``wanda + dsnot (2:4)`` or ``ria (0.5 per-row)``."""
+        target = self.pattern if self.nm else f"{self.sparsity:g} {self.pattern}"
+        return f"{self.method}{' + ' + self.refine if self.refine else ''} ({target})"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where the calibration tokens come from, and how many (methods.md §8).
+
+    ``nsamples`` / ``seqlen`` of ``None`` are chosen by :func:`sized_for` for the device.
+    """
+
+    source: str = "builtin"  # "builtin", a .txt file or a .jsonl file of {"text": ...}
+    nsamples: int | None = None
+    seqlen: int | None = None
+    seed: int = 0
+    batch_size: int = 8
+
+    def sized_for(self, device: str) -> Calibration:
+        """The published 128 × 2048 on a GPU; a CPU-sized 16 × 512 otherwise."""
+        on_gpu = device.startswith("cuda")
+        return Calibration(
+            self.source,
+            self.nsamples or (128 if on_gpu else 16),
+            self.seqlen or (2048 if on_gpu else 512),
+            self.seed,
+            self.batch_size,
+        )
+
+    @property
+    def effective_params(self) -> dict[str, Any]:
+        """The method's parameters with the core's defaults filled in."""
+        return self.request.describe()["parameters"]
+
+    @property
+    def effective_refine_params(self) -> dict[str, Any]:
+        """The refinement's parameters with the core's defaults filled in."""
+        return self.request.describe()["refine_parameters"]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "calibration": self.source,
+            "nsamples": self.nsamples,
+            "seqlen": self.seqlen,
+            "seed": self.seed,
+        }
+
+
+def method_info(name: str) -> dict[str, Any]:
+    """The core's description of method ``name`` (parameters, needs)."""
+    if name not in VOCABULARY["methods"]:
+        raise InvalidInputError(f"method {name!r} is not one of {', '.join(METHODS)}")
+    return VOCABULARY["methods"][name]
+
+
+__all__ = [
+    "METHODS",
+    "PATTERNS",
+    "REFINERS",
+    "VOCABULARY",
+    "Calibration",
+    "PruneSpec",
+    "method_info",
+    "selection_rule",
+]

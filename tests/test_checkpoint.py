@@ -163,9 +163,7 @@ def test_missing_statistics_are_named(tiny, tmp_path):
     stats_file(tiny, tmp_path / "stats.safetensors", drop=missing + ".in_sq")
     with pytest.raises(CheckpointError, match=rf"tensor {missing}\.weight: .*no {missing}\.in_sq"):
         prune_checkpoint(tiny, tmp_path / "o", method="wanda", stats=tmp_path / "stats.safetensors")
-    with pytest.raises(
-        InvalidInputError, match="needs activation statistics: give a"
-    ):
+    with pytest.raises(InvalidInputError, match="needs activation statistics: give a"):
         prune_checkpoint(tiny, tmp_path / "o", method="wanda")
     assert not (tmp_path / "o").exists()
 

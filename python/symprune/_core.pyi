@@ -8,73 +8,89 @@ import numpy.typing as npt
 
 __version__: str
 
+Matrix = npt.NDArray[np.float32] | npt.NDArray[np.uint16]
+Params = dict[str, bool | int | float | str] | None
+
+MANIFEST_FILE: str
+
+def vocabulary() -> dict[str, Any]: ...
+
+class Request:
+    def __init__(
+        self,
+        method: str | None = None,
+        params: Params = None,
+        pattern: str | None = None,
+        sparsity: float | None = None,
+        refine: str | None = None,
+        refine_params: Params = None,
+    ) -> None: ...
+    def describe(self) -> dict[str, Any]: ...
+    def runs_shard_by_shard(self, with_stats_file: bool) -> bool: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def refine(self) -> str | None: ...
+    @property
+    def pattern(self) -> str: ...
+    @property
+    def nm(self) -> tuple[int, int] | None: ...
+    @property
+    def sparsity(self) -> float: ...
+    @property
+    def needs_hessian(self) -> bool: ...
+    @property
+    def updates_weights(self) -> bool: ...
+    @property
+    def data_free(self) -> bool: ...
+
+class Selection:
+    def __init__(self, targets: list[str] = ..., ignore: list[str] = ...) -> None: ...
+    def selects(self, name: str, shape: list[int], dtype: str) -> bool: ...
+    def describe(self) -> dict[str, list[str]]: ...
+
 def score(
-    weight: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    weight: Matrix,
     dtype: str,
     method: str,
+    params: Params = None,
     in_sq: npt.NDArray[np.float32] | None = None,
     out_sq: npt.NDArray[np.float32] | None = None,
-    *,
-    a: float = 0.5,
-    p: float = 1.0,
-    beta: float = 0.1,
-    seed: int = 0,
-    activation: bool = True,
-    lam: float = 1.0,
     tensor: str = "",
 ) -> npt.NDArray[np.float32]: ...
 def mask_of(
-    scores: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    scores: Matrix,
     dtype: str,
-    group: str,
-    sparsity: float = 0.0,
-    n: int = 0,
-    m: int = 0,
+    pattern: str | None = None,
+    sparsity: float | None = None,
     tensor: str = "",
 ) -> npt.NDArray[np.bool_]: ...
-def apply_mask(
-    weight: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
-    dtype: str,
-    mask: npt.NDArray[np.bool_],
-) -> int: ...
-def dsnot(
-    weight: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+def apply_mask(weight: Matrix, dtype: str, mask: npt.NDArray[np.bool_]) -> int: ...
+
+class RefineReport:
+    @property
+    def swaps(self) -> int: ...
+    @property
+    def swaps_per_row(self) -> npt.NDArray[np.uint32]: ...
+    @property
+    def rows_stopped(self) -> int: ...
+    @property
+    def cycles(self) -> int: ...
+
+def refine(
+    refine: str,
+    weight: Matrix,
     dtype: str,
     prune_mask: npt.NDArray[np.bool_],
     in_sq: npt.NDArray[np.float32],
     act_sum: npt.NDArray[np.float32],
     act_var: npt.NDArray[np.float32],
     *,
-    n: int = 0,
-    m: int = 0,
+    params: Params = None,
+    pattern: str | None = None,
     initial_scores: npt.NDArray[np.float32] | None = None,
-    max_cycles: int = 50,
-    threshold: float = 0.1,
-    var_power: float = 1.0,
-    same_sign: bool | None = None,
     tensor: str = "",
-) -> tuple[npt.NDArray[np.bool_], dict[str, Any]]: ...
-def r2dsnot(
-    weight: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
-    dtype: str,
-    prune_mask: npt.NDArray[np.bool_],
-    in_sq: npt.NDArray[np.float32],
-    act_sum: npt.NDArray[np.float32],
-    act_var: npt.NDArray[np.float32],
-    *,
-    n: int = 0,
-    m: int = 0,
-    max_cycles: int = 50,
-    threshold: float = 0.1,
-    var_power: float = 1.0,
-    ri_phase: str = "prune",
-    alpha: float = 1.0,
-    gamma: float = 0.0,
-    p: float = 1.0,
-    same_sign: bool = True,
-    on_reject: str = "stop",
-    tensor: str = "",
-) -> tuple[npt.NDArray[np.bool_], dict[str, Any]]: ...
+) -> tuple[npt.NDArray[np.bool_], RefineReport]: ...
 
 class CheckpointReader:
     def __init__(self, path: str) -> None: ...
@@ -90,33 +106,20 @@ class CheckpointWriter:
     ) -> None: ...
     def is_resumed(self, name: str) -> bool: ...
     def write_tensor(self, name: str, dtype: str, data: npt.NDArray[np.uint8]) -> None: ...
-    def finish(self, manifest: str) -> str: ...
+    def finish(self, run: dict[str, Any]) -> dict[str, Any]: ...
     def abort(self) -> None: ...
 
 def prune_checkpoint(
     input: str,
     output: str,
-    method: str,
+    request: Request,
+    selection: Selection,
     *,
-    group: str = "per-row",
-    sparsity: float = 0.5,
-    n: int = 0,
-    m: int = 0,
-    a: float = 0.5,
-    p: float = 1.0,
-    beta: float = 0.1,
-    seed: int = 0,
-    activation: bool = True,
-    lam: float = 1.0,
-    targets: list[str] = ...,
-    ignore: list[str] = ...,
     stats: str | None = None,
     overwrite: bool = False,
-    progress: Callable[[str, str], None] | None = None,
+    progress: Callable[[str, dict[str, Any]], None] | None = None,
     rank: int = 0,
     world: int = 1,
-) -> str: ...
-def finalize(output: str) -> str: ...
-def inspect(
-    path: str, n: int = 0, m: int = 0, targets: list[str] = ..., ignore: list[str] = ...
-) -> str: ...
+) -> dict[str, Any]: ...
+def finalize(output: str) -> dict[str, Any]: ...
+def inspect(path: str, selection: Selection, pattern: str | None = None) -> dict[str, Any]: ...

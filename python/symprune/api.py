@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from symprune import checkpoint, data
 from symprune.errors import InvalidInputError
 from symprune.spec import Calibration, PruneSpec
+from symprune.util import launched_world
 
 if TYPE_CHECKING:
     from symprune.results import Report
@@ -117,9 +118,10 @@ def prune(
             "stats: a statistics file serves the Rust engine (score methods without "
             f"refinement); {spec.label()} calibrates layer by layer"
         )
-    if in_rust and parts is not None:
-        report = _prune_in_rust(model_dir, output, spec, stats, overwrite, progress, parts, None)
-        device = "cpu"
+    if in_rust and (parts is not None or launched_world() <= 1):
+        # Shard by shard in Rust: no torch, no process group.
+        part = parts or (0, 1)
+        report = _prune_in_rust(model_dir, output, spec, stats, overwrite, progress, part, None)
     else:
         from symprune import distributed
         from symprune.pipeline import prune_streamed
@@ -151,7 +153,9 @@ def prune(
             return report
     if evaluate:
         from symprune.evaluate import perplexity
+        from symprune.streaming import default_device
 
+        device = device or default_device()
         length, windows = default_evaluation(
             device, calib.sized_for(device).seqlen or 0, eval_seqlen, eval_windows
         )

@@ -101,6 +101,14 @@ def linear_modules(layer: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """A linear module's weight tensor (as stored: GPT-2's Conv1D is (in, out))."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is not a tensor")
+    return weight
+
+
 def is_transposed(module: nn.Module) -> bool:
     """True when the module stores its weight as (in, out) (transformers' Conv1D)."""
     return type(module).__name__ == "Conv1D"
@@ -118,8 +126,8 @@ def collecting(
     stats: dict[str, LinearStats] = {}
     handles = []
     for name, module in modules.items():
-        w = module.weight
-        out_f, in_f = (w.shape[1], w.shape[0]) if is_transposed(module) else w.shape
+        rows, cols = weight_of(module).shape
+        out_f, in_f = (cols, rows) if is_transposed(module) else (rows, cols)
         stats[name] = LinearStats(in_f, out_f, hessian=hessian)
 
         def hook(mod, args, output, _s=stats[name]):

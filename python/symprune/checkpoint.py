@@ -283,7 +283,9 @@ class PruneReport:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _bar(progress: bool | Callable[[TensorReport], None]) -> Callable[[str, str], None]:
+def _bar(
+    progress: bool | Callable[[TensorReport], None],
+) -> Callable[[str, dict[str, Any]], None]:
     """The Rust progress callback: a tqdm bar (``True``), a user callback, or nothing."""
     bar: Any = None
 

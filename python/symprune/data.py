@@ -148,7 +148,7 @@ def _convert_gguf(spec: GgufModel, out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=spec.gguf_name)
     # The weights are dequantized now; drop the GGUF quantizer so the saved
     # checkpoint loads as a plain float model.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)

@@ -181,7 +181,8 @@ def symwanda(
     weight: Matrix, in_sq: Vector, out_sq: Vector, lam: float | None = None
 ) -> npt.NDArray[np.float32]:
     """``|W_ij| · (n_j/mean(n) + λ·o_i/mean(o))`` with ``n = sqrt(in_sq)``, ``o = sqrt(out_sq)``."""
-    return score(weight, "symwanda", in_sq=in_sq, out_sq=out_sq, **{"lambda": lam})
+    params: dict[str, Any] = {"lambda": lam}
+    return score(weight, "symwanda", in_sq=in_sq, out_sq=out_sq, **params)
 
 
 def owanda(weight: Matrix, out_sq: Vector) -> npt.NDArray[np.float32]:
@@ -208,8 +209,9 @@ def mask(
     return _core.mask_of(arr, dtype, pattern, sparsity, tensor)
 
 
-def apply_mask(weight: Matrix, prune: npt.NDArray[np.bool_]) -> int:
-    """Zeroes, in place, the weights ``prune`` marks; returns how many it marked."""
+def apply_mask(weight: Matrix, prune: Any) -> int:
+    """Zeroes, in place, the weights ``prune`` (a bool array or tensor) marks; returns how
+    many it marked."""
     arr, dtype = as_matrix(weight, "weight", writable=True)
     m = np.asarray(prune.numpy() if _is_torch(prune) else prune)
     if m.dtype != np.bool_ or m.shape != arr.shape:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from symprune import _core, data, distributed, methods
-from symprune.calibrate import LinearStats, collecting, is_transposed, linear_modules
+from symprune.calibrate import LinearStats, collecting, is_transposed, linear_modules, weight_of
 from symprune.errors import InvalidInputError
 from symprune.results import LayerRecord, Report, TensorRecord
 from symprune.spec import VOCABULARY, Calibration, PruneSpec
@@ -29,19 +29,19 @@ from symprune.util import peak_rss_mb
 def calibration_ids(model_dir: Path, calib: Calibration) -> torch.Tensor:
     """The ``(nsamples, seqlen)`` calibration windows, tokenized with the model's tokenizer
     (``calib`` sized, see :meth:`Calibration.sized_for`)."""
-    if calib.nsamples is None or calib.seqlen is None:
-        raise InvalidInputError("calibration: nsamples and seqlen must be set (see sized_for)")
+    nsamples, seqlen = calib.size()
     if calib.source == "builtin":
         text = data.builtin_corpus().calibration
     else:
         text = data.read_text(calib.source)
     ids = data.token_ids(model_dir, text)
-    return torch.tensor(data.calibration_windows(ids, calib.nsamples, calib.seqlen, calib.seed))
+    return torch.tensor(data.calibration_windows(ids, nsamples, seqlen, calib.seed))
 
 
 def _oriented(module: torch.nn.Module) -> torch.Tensor:
     """The weight as (out, in), a view sharing storage with the module."""
-    return module.weight.data.t() if is_transposed(module) else module.weight.data
+    weight = weight_of(module).data
+    return weight.t() if is_transposed(module) else weight
 
 
 def prune_streamed(
@@ -78,7 +78,7 @@ def prune_streamed(
         write = writer.write
     try:
         streamed = StreamedModel(model_dir, device)
-        if streamed.max_positions and calib.seqlen > streamed.max_positions:
+        if streamed.max_positions and calib.size()[1] > streamed.max_positions:
             raise InvalidInputError(
                 f"seqlen {calib.seqlen} exceeds the model's context of "
                 f"{streamed.max_positions} tokens; pass a smaller --seqlen"
@@ -134,7 +134,8 @@ def _layer_weights(
     for rel in linear_modules(streamed.layers[index]):
         name = f"{prefix}.{rel}.weight"
         stored = name in source.names
-        if stored and selection.selects(name, source.reader.shape(name), source.reader.dtype(name)):
+        shape = list(source.reader.shape(name)) if stored else []
+        if stored and selection.selects(name, shape, source.reader.dtype(name)):
             out[name] = rel
     return out
 
@@ -185,7 +186,7 @@ def stream_layers(
         chosen = {
             rel: layer.get_submodule(rel) for rel in _layer_weights(streamed, i, selection).values()
         }
-        with collecting(chosen, calib.seqlen, hessian=hessian) as stats:
+        with collecting(chosen, calib.size()[1], hessian=hessian) as stats:
             dense = [
                 streamed.run_layer(i, h, c).to(act_device)
                 for h, c in zip(acts, captured, strict=True)
@@ -204,8 +205,8 @@ def stream_layers(
         else:
             acts = dense
         del dense
-        zeros = sum(int((m.weight == 0).sum()) for m in chosen.values())
-        numel = sum(m.weight.numel() for m in chosen.values())
+        zeros = sum(int((weight_of(m) == 0).sum()) for m in chosen.values())
+        numel = sum(weight_of(m).numel() for m in chosen.values())
         streamed.free_layer(i)
         rec = LayerRecord(
             index=i,
@@ -234,12 +235,11 @@ def pruning_step(
     write: Callable[[str, torch.Tensor], None] | None,
 ) -> LayerStep:
     """Prunes (and optionally refines) every chosen linear of a layer, then writes it."""
-    initial_scores = (
-        refiner is not None
-        and spec.nm is not None
-        and method.score_fn is not None
-        and VOCABULARY["refiners"][spec.refine]["uses_initial_scores"]
-    )
+    score_fn = method.score_fn
+    if refiner is None or spec.nm is None or not spec.refine:
+        score_fn = None
+    elif not VOCABULARY["refiners"][spec.refine]["uses_initial_scores"]:
+        score_fn = None
 
     def step(i: int, chosen: dict[str, torch.nn.Module], stats: dict[str, LinearStats]) -> bool:
         prefix = streamed.layer_prefix(i)
@@ -250,7 +250,7 @@ def pruning_step(
             hessian = stats[rel].hessian_matrix() if spec.request.needs_hessian else None
             mask = method.fn(weight, st, hessian, spec, tensor)
             if refiner is not None:
-                initial = method.score_fn(weight, st, spec, tensor) if initial_scores else None
+                initial = score_fn(weight, st, spec, tensor) if score_fn else None
                 mask = refiner(weight, mask, st, spec, tensor, initial)
             weight.masked_fill_(torch.from_numpy(mask).to(weight.device), 0)
             zeros = int((weight == 0).sum())
@@ -258,7 +258,7 @@ def pruning_step(
             if report.masks is not None:
                 report.masks[tensor] = mask
             if write is not None:
-                write(tensor, module.weight.data)
+                write(tensor, weight_of(module).data)
         return True
 
     return step

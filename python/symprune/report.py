@@ -298,6 +298,7 @@ def run_grid(
         for refine in refines:
             PruneSpec(method=method, refine=refine)
     out.mkdir(parents=True, exist_ok=True)
+    cells: list[tuple[str, str, Target | None, str | None]]
     cells = [(m, "dense", None, None) for m in models]
     cells += [(m, me, t, r) for m in models for me in methods for t in targets for r in refines]
     records = []

@@ -8,7 +8,8 @@ core's default". This module needs no torch.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from symprune import _core
@@ -35,43 +36,81 @@ def selection_rule(
     return _core.Selection(_patterns(targets), _patterns(ignore))
 
 
-@dataclass(frozen=True)
 class PruneSpec:
     """A pruning request: method (with ``params``), target, refinement, tensor selection.
 
     ``pattern`` is ``per-row`` (default), ``per-matrix``, ``adaptive`` (all at
-    ``sparsity``) or ``N:M``. Every name and parameter is checked by the core
-    when the spec is made: an unknown name, an unknown parameter or a value of
-    the wrong type raises :class:`~symprune.errors.InvalidInputError`.
+    ``sparsity``) or ``N:M``; ``None`` anywhere is the core's default. Every name and
+    parameter is checked by the core when the spec is made: an unknown name, an unknown
+    parameter or a value of the wrong type raises
+    :class:`~symprune.errors.InvalidInputError`. Afterwards ``method``, ``pattern`` and
+    ``sparsity`` hold the canonical values (``sparsity`` is N/M for N:M), ``params`` /
+    ``refine_params`` what was given. A spec is immutable.
     """
 
-    method: str | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)
-    sparsity: float | None = None
-    pattern: str | None = None
-    refine: str | None = None
-    refine_params: Mapping[str, Any] = field(default_factory=dict)
-    targets: str | Sequence[str] | None = None
-    ignore: str | Sequence[str] | None = None
+    __slots__ = (
+        "method",
+        "params",
+        "sparsity",
+        "pattern",
+        "refine",
+        "refine_params",
+        "targets",
+        "ignore",
+        "request",
+        "selection",
+    )
 
-    def __post_init__(self) -> None:
-        request = _core.Request(
-            self.method,
-            dict(self.params),
-            self.pattern,
-            self.sparsity,
-            self.refine,
-            dict(self.refine_params),
-        )
-        object.__setattr__(self, "request", request)
-        object.__setattr__(self, "selection", selection_rule(self.targets, self.ignore))
-        # The canonical names, so that every reader sees the same spelling.
-        object.__setattr__(self, "method", request.method)
-        object.__setattr__(self, "pattern", request.pattern)
-        object.__setattr__(self, "sparsity", request.sparsity)
+    method: str
+    params: Mapping[str, Any]
+    sparsity: float
+    pattern: str
+    refine: str | None
+    refine_params: Mapping[str, Any]
+    targets: str | Sequence[str] | None
+    ignore: str | Sequence[str] | None
+    request: _core.Request
+    selection: _core.Selection
 
-    request: _core.Request = field(init=False, repr=False, compare=False)
-    selection: _core.Selection = field(init=False, repr=False, compare=False)
+    def __init__(
+        self,
+        method: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        sparsity: float | None = None,
+        pattern: str | None = None,
+        refine: str | None = None,
+        refine_params: Mapping[str, Any] | None = None,
+        targets: str | Sequence[str] | None = None,
+        ignore: str | Sequence[str] | None = None,
+    ) -> None:
+        params, refine_params = dict(params or {}), dict(refine_params or {})
+        request = _core.Request(method, params, pattern, sparsity, refine, refine_params)
+        values = {
+            "method": request.method,
+            "params": MappingProxyType(params),
+            "sparsity": request.sparsity,
+            "pattern": request.pattern,
+            "refine": request.refine,
+            "refine_params": MappingProxyType(refine_params),
+            "targets": targets,
+            "ignore": ignore,
+            "request": request,
+            "selection": selection_rule(targets, ignore),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"PruneSpec is immutable; make a new one instead of setting {name}")
+
+    def __repr__(self) -> str:
+        return f"PruneSpec({self.describe()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PruneSpec) and self.describe() == other.describe()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -126,15 +165,11 @@ class Calibration:
             self.batch_size,
         )
 
-    @property
-    def effective_params(self) -> dict[str, Any]:
-        """The method's parameters with the core's defaults filled in."""
-        return self.request.describe()["parameters"]
-
-    @property
-    def effective_refine_params(self) -> dict[str, Any]:
-        """The refinement's parameters with the core's defaults filled in."""
-        return self.request.describe()["refine_parameters"]
+    def size(self) -> tuple[int, int]:
+        """``(nsamples, seqlen)`` of a sized calibration."""
+        if self.nsamples is None or self.seqlen is None:
+            raise InvalidInputError("calibration: nsamples and seqlen must be set (see sized_for)")
+        return self.nsamples, self.seqlen
 
     def describe(self) -> dict[str, Any]:
         return {

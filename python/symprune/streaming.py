@@ -55,7 +55,7 @@ class TensorSource:
             dt = floats.get(self.reader.dtype(name))
             if dt is not None:
                 counts[dt] = counts.get(dt, 0) + 1
-        return max(counts, key=counts.get) if counts else torch.float32
+        return max(counts, key=lambda dt: counts[dt]) if counts else torch.float32
 
 
 def check_model_dir(model_dir: Path) -> None:

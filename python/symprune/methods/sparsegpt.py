@@ -53,7 +53,7 @@ def sparsegpt(
         d1 = torch.diag(hinv1)
         mask1 = torch.zeros_like(w1, dtype=torch.bool)
         if not n:
-            k = int(spec.sparsity * rows * count)
+            k = int(spec.request.sparsity * rows * count)
             order = torch.argsort((w1**2 / d1.reshape(1, -1) ** 2).flatten(), stable=True)
             mask1.view(-1)[order[:k]] = True
         for i in range(count):

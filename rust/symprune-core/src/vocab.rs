@@ -686,11 +686,12 @@ pub fn vocabulary() -> Value {
     let refiners: Map<String, Value> = Refiner::NAMES
         .iter()
         .map(|&name| {
-            let (_, _, schema) = Refiner::build(name, &none).expect("defaults are valid");
-            (
-                name.to_string(),
-                json!({ "parameters": schema_json(&schema) }),
-            )
+            let (r, _, schema) = Refiner::build(name, &none).expect("defaults are valid");
+            let info = json!({
+                "parameters": schema_json(&schema),
+                "uses_initial_scores": r.uses_initial_scores(),
+            });
+            (name.to_string(), info)
         })
         .collect();
     json!({
@@ -841,5 +842,7 @@ mod tests {
             "grow"
         );
         assert_eq!(v["default_method"], "wanda");
+        assert_eq!(v["refiners"]["dsnot"]["uses_initial_scores"], true);
+        assert_eq!(v["refiners"]["r2dsnot"]["uses_initial_scores"], false);
     }
 }

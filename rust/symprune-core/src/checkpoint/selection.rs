@@ -3,7 +3,7 @@
 //! Only 2-D floating-point (F32, F16, BF16) tensors are ever candidates. By
 //! default those are the linear weights inside the decoder blocks
 //! (`model.layers.N.….weight`, `transformer.h.N.…`, `model.decoder.layers.N.…`,
-//! …), never embeddings, `lm_head`, norms, biases or MoE routers. `targets`
+//! …), never embeddings, `lm_head`, norms, biases or MoE routers (`….gate.weight`, `…_gate.weight`). `targets`
 //! and `ignore` are regexes in the llm-compressor style (a `re:` prefix is
 //! accepted and dropped); one matches when it is found anywhere in the tensor
 //! name or in its module name (the name without `.weight`), so anchor with `^`
@@ -21,7 +21,7 @@ static IN_BLOCK: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(^|\.)(layers|h|blocks|block)\.\d+\.").expect("valid regex"));
 /// 2-D weights inside blocks that are not linear layers to prune.
 static NOT_LINEAR: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(embed|norm|ln_|lm_head|wte|wpe|router|\.gate\.weight$)").expect("valid regex")
+    Regex::new(r"(embed|norm|ln_|lm_head|wte|wpe|router|[._]gate\.weight$)").expect("valid regex")
 });
 
 /// Tensor selection rules.
@@ -113,6 +113,7 @@ mod tests {
             "model.norm.weight",
             "model.layers.0.input_layernorm.weight",
             "model.layers.0.mlp.gate.weight",
+            "model.layers.0.mlp.shared_expert_gate.weight",
             "model.layers.0.self_attn.q_proj.bias",
         ];
         for n in no {

@@ -1,0 +1,191 @@
+"""One vocabulary: every name, default and selection rule comes from the core, and both
+engines agree on what they select and how they describe a run."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from symprune import InvalidInputError, _core, api, ops
+from symprune.checkpoint import prune_checkpoint, read_manifest
+from symprune.cli import main
+from symprune.pipeline import prune_streamed
+from symprune.spec import METHODS, REFINERS, VOCABULARY, Calibration, PruneSpec
+
+# Everything the engines write about a run, apart from how it was calibrated.
+RUN_FIELDS = ("method", "parameters", "pattern", "sparsity", "refine", "refine_parameters")
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory, smollm2_dir) -> Path:
+    """A tiny Qwen2-MoE: attention, shared-expert MLP, fused experts, a router
+    (``mlp.gate``) and the shared expert's gate (``mlp.shared_expert_gate``, a Linear)."""
+    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(
+        vocab_size=49152,  # SmolLM2's tokenizer
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("moe")
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    for f in smollm2_dir.iterdir():
+        if f.name.startswith("tokenizer"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory) -> Calibration:
+    from symprune import data
+
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    path.write_text(data.builtin_corpus().calibration[:20_000], encoding="utf-8")
+    return Calibration(str(path), nsamples=2, seqlen=32, batch_size=2)
+
+
+def tensors(folder: Path) -> dict[str, bytes]:
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k).contiguous().view(torch.uint8).numpy().tobytes()
+    return out
+
+
+@pytest.mark.parametrize("targets", [None, "q_proj"])
+def test_both_engines_select_the_same_tensors_and_write_the_same_run(moe, calib, tmp_path, targets):
+    spec = PruneSpec(method="magnitude", sparsity=0.5, targets=targets)
+    rust, streamed = tmp_path / "rust", tmp_path / "streamed"
+    prune_checkpoint(moe, rust, spec)
+    prune_streamed(moe, streamed, spec, calib, device="cpu", progress=False)
+    a, b = read_manifest(rust), read_manifest(streamed)
+    assert {k: a[k] for k in RUN_FIELDS} == {k: b[k] for k in RUN_FIELDS}
+    assert a["selection"] == b["selection"]
+    assert set(a["tensors"]) == set(b["tensors"])
+    chosen = set(a["tensors"])
+    assert not any("gate.weight" in n and "gate_proj" not in n for n in chosen), chosen
+    if targets:
+        assert chosen == {f"model.layers.{i}.self_attn.q_proj.weight" for i in range(2)}
+    else:
+        assert len(chosen) == 2 * 7  # q, k, v, o and the shared expert's three
+    assert tensors(rust) == tensors(streamed)  # magnitude: the same masks, byte for byte
+
+
+def test_unknown_parameters_are_errors_on_both_paths(moe, tmp_path):
+    stats = tmp_path / "stats.safetensors"
+    for kwargs in ({"stats": stats}, {}):
+        with pytest.raises(InvalidInputError, match="wanda: unknown parameter a; wanda takes"):
+            api.prune(moe, tmp_path / "o", method="wanda", params={"a": 0.5}, **kwargs)
+    with pytest.raises(InvalidInputError, match="unknown parameter alpha; dsnot takes"):
+        api.prune(moe, tmp_path / "o", refine="dsnot", refine_params={"alpha": 1.0})
+    with pytest.raises(InvalidInputError, match="gamma given without a refinement"):
+        PruneSpec(refine_params={"gamma": 1.0})
+    assert not (tmp_path / "o").exists()
+
+
+def test_stochria_seed_changes_its_mask(smollm2_linears, tmp_path, capsys):
+    w = smollm2_linears["model.layers.0.self_attn.q_proj.weight"]
+    masks = [ops.mask(ops.stochria(w, None, seed=s, tensor="q"), 0.5) for s in (0, 1)]
+    assert (masks[0] != masks[1]).any()
+    # Through the CLI: --seed reaches stochria (data-free with activation off).
+    from reference.checkpoints import tiny_llama
+
+    tiny = tiny_llama(tmp_path / "tiny")
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"s{seed}"
+        args = ["prune", str(tiny), str(out), "--method", "stochria"]
+        assert main([*args, "--param", "activation=false", "--seed", seed]) == 0
+        assert read_manifest(out)["parameters"]["seed"] == int(seed)
+        outs.append(tensors(out))
+    capsys.readouterr()
+    assert outs[0] != outs[1]
+
+
+def test_lp_ria_is_not_ria(smollm2_linears):
+    w = smollm2_linears["model.layers.7.mlp.down_proj.weight"]
+    in_sq = np.linspace(0.5, 2.0, w.shape[1], dtype=np.float32)
+    lp, ria = ops.mask(ops.lp_ria(w, in_sq), 0.5), ops.mask(ops.ria(w, in_sq), 0.5)
+    assert (lp != ria).mean() > 0.01
+    assert np.array_equal(ops.mask(ops.lp_ria(w, in_sq, p=1.0), 0.5), ria)
+    assert PruneSpec(method="lp-ria").effective_params["p"] == 2.0
+
+
+def test_python_spells_no_method_name_or_default():
+    """The lists come from the core; each has an implementation in the registry."""
+    from symprune import methods
+
+    assert METHODS == tuple(VOCABULARY["method_names"]) and "sparsegpt" in METHODS
+    for name in METHODS:
+        assert methods.get(name).name == name
+    for name in REFINERS:
+        assert callable(methods.get_refiner(name))
+    spec = PruneSpec()
+    assert (spec.method, spec.pattern, spec.sparsity) == ("wanda", "per-row", 0.5)
+
+
+def test_the_data_free_cli_needs_no_torch(tmp_path):
+    from reference.checkpoints import tiny_llama
+
+    tiny = tiny_llama(tmp_path / "tiny")
+    code = (
+        "import sys; from symprune.cli import main; "
+        f"rc = main(['prune', {str(tiny)!r}, {str(tmp_path / 'out')!r}, '--method', "
+        "'magnitude', '--json']); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["bytes_written"] > 0
+
+
+def _stub_signatures() -> dict[str, list[str]]:
+    """Parameter names of every function and class constructor in ``_core.pyi``."""
+    tree = ast.parse((Path(_core.__file__).parent / "_core.pyi").read_text())
+    out = {}
+
+    def names(fn: ast.FunctionDef, drop_self: bool) -> list[str]:
+        a = fn.args
+        params = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+        return params[1:] if drop_self else params
+
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            out[node.name] = names(node, False)
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and not item.decorator_list:
+                    key = node.name if item.name == "__init__" else f"{node.name}.{item.name}"
+                    out[key] = names(item, True)
+    return out
+
+
+def test_the_stubs_match_the_compiled_module():
+    stubs = _stub_signatures()
+    for key, params in stubs.items():
+        obj = _core
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        got = [p for p in inspect.signature(obj).parameters if p != "self"]
+        assert got == params, key
+    compiled = {n for n in dir(_core) if not n.startswith("_") and callable(getattr(_core, n))}
+    assert compiled <= {k.split(".")[0] for k in stubs}, compiled - set(stubs)

@@ -110,7 +110,7 @@ impl Writer {
         let opts = WriterOptions {
             overwrite,
             run_key,
-            part: Part::default(),
+            ..WriterOptions::default()
         };
         let inner = py
             .detach(|| ck::CheckpointWriter::create(&input, &output, &opts))

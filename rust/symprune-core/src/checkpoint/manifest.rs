@@ -1,7 +1,7 @@
 //! `sparsity.json`, the record of how a checkpoint was pruned, and the
 //! by-name spelling of methods and patterns that it (and the bindings) use.
 
-use super::writer::ZeroCount;
+use super::zeros::ZeroCount;
 use crate::error::{Error, Result};
 use crate::mask::Pattern;
 use crate::score::Score;
@@ -144,8 +144,13 @@ pub fn describe_pattern(pattern: &Pattern) -> Map<String, Value> {
 
 /// The manifest: the caller's run fields (method, parameters, pattern, ...)
 /// plus, from what was written, each tensor's achieved sparsity (fraction of
-/// exact zeros), the totals, and the symprune version.
-pub fn render(run: &Map<String, Value>, tensors: &BTreeMap<String, ZeroCount>) -> String {
+/// exact zeros), the totals, the output's other `files` (what an overwrite
+/// may remove), and the symprune version.
+pub fn render(
+    run: &Map<String, Value>,
+    tensors: &BTreeMap<String, ZeroCount>,
+    files: &[String],
+) -> String {
     let mut out = run.clone();
     let (zeros, numel) = tensors
         .values()
@@ -167,6 +172,7 @@ pub fn render(run: &Map<String, Value>, tensors: &BTreeMap<String, ZeroCount>) -
         }),
     );
     out.insert("tensors".into(), Value::Object(per_tensor));
+    out.insert("files".into(), files.into());
     out.insert("symprune_version".into(), env!("CARGO_PKG_VERSION").into());
     let mut text = serde_json::to_string_pretty(&Value::Object(out)).expect("JSON");
     text.push('\n');

@@ -6,10 +6,12 @@
 //! in blocks of rows, so memory does not grow with the tensor; otherwise the
 //! whole tensor's scores and mask are held once, and written out in blocks.
 
+use super::journal::Part;
 use super::manifest::{describe_pattern, describe_score};
 use super::reader::{Checkpoint, Shard, TensorInfo};
 use super::selection::Selection;
-use super::writer::{CheckpointWriter, Part, WriterOptions, ZeroCount};
+use super::writer::{CheckpointWriter, WriterOptions};
+use super::zeros::ZeroCount;
 use crate::dtype::{Element, MatRef};
 use crate::error::{Error, Result};
 use crate::mask::{self, Pattern};
@@ -144,7 +146,7 @@ fn load_stats(file: Option<&Shard>, t: &TensorInfo, plan: &Plan, method: &str) -
                 ),
             ));
         }
-        Ok(bytemuck::pod_collect_to_vec(file.data(stat)))
+        Ok(bytemuck::pod_collect_to_vec(file.data(stat)?))
     };
     Ok(Stats {
         in_sq: need_in.then(|| read("in_sq", t.shape[1])).transpose()?,
@@ -200,11 +202,16 @@ fn prune_matrix<T: Element + bytemuck::Pod>(
     stats: &Stats,
     plan: &Plan,
 ) -> Result<()> {
-    let bytes = shard.data(t);
+    let bytes = shard.data(t)?;
     // Shards rarely align tensors for T; then a copy replaces the mapped view.
     let data: Cow<[T]> = match bytemuck::try_cast_slice(bytes) {
         Ok(view) => Cow::Borrowed(view),
         Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),
+    };
+    // Reading a mapped view again after the file shrank would be fatal.
+    let intact = || match data {
+        Cow::Borrowed(_) => shard.check_intact(),
+        Cow::Owned(_) => Ok(()),
     };
     let (rows, cols, name) = (t.shape[0], t.shape[1], t.name.as_str());
     let size = std::mem::size_of::<T>();
@@ -214,6 +221,7 @@ fn prune_matrix<T: Element + bytemuck::Pod>(
     };
     let mut buf: Vec<T> = Vec::new();
     let mut write = |writer: &mut CheckpointWriter, r0: usize, r1: usize, prune: &[bool]| {
+        intact()?;
         buf.clear();
         buf.extend_from_slice(&data[r0 * cols..r1 * cols]);
         mask::apply(&mut buf, prune)?;
@@ -225,6 +233,7 @@ fn prune_matrix<T: Element + bytemuck::Pod>(
     if row_local(plan) {
         for r0 in (0..rows).step_by(block) {
             let r1 = (r0 + block).min(rows);
+            intact()?;
             let w = MatRef::new(&data[r0 * cols..r1 * cols], r1 - r0, cols, name)?;
             let out_sq = stats.out_sq.as_deref().map(|o| &o[r0..r1]);
             let scores = score::compute(w, ActStats { in_sq, out_sq }, &plan.score, name)
@@ -316,6 +325,7 @@ pub fn prune_checkpoint(
         overwrite: plan.overwrite,
         run_key: Value::Object(key).to_string(),
         part: plan.part,
+        stats: plan.stats.clone(),
     };
     let mut writer = CheckpointWriter::new(checkpoint.clone(), output, &opts)?;
 
@@ -543,16 +553,16 @@ pub(crate) mod tests {
         for (s, t) in a.tensors() {
             let got = b.tensor(&t.name).unwrap().data;
             if !plan(false).selection.selects(t) {
-                assert_eq!(got, s.data(t), "{}", t.name);
+                assert_eq!(got, s.data(t).unwrap(), "{}", t.name);
                 continue;
             }
             let (rows, cols) = (t.shape[0], t.shape[1]);
             let w: Vec<f32> = match t.dtype {
-                Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(s.data(t))
+                Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(s.data(t).unwrap())
                     .iter()
                     .map(|x| x.to_f32())
                     .collect(),
-                _ => bytemuck::pod_collect_to_vec(s.data(t)),
+                _ => bytemuck::pod_collect_to_vec(s.data(t).unwrap()),
             };
             let m = MatRef::new(&w, rows, cols, "w").unwrap();
             let scores = score::compute(m, ActStats::default(), &Score::Symmetric, "").unwrap();
@@ -562,7 +572,7 @@ pub(crate) mod tests {
                 "",
             )
             .unwrap();
-            let mut want = s.data(t).to_vec();
+            let mut want = s.data(t).unwrap().to_vec();
             let size = want.len() / w.len();
             for (k, p) in prune.iter().enumerate() {
                 if *p {

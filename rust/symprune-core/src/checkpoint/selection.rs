@@ -56,10 +56,12 @@ impl Selection {
         serde_json::json!({ "targets": text(&self.targets), "ignore": text(&self.ignore) })
     }
 
-    /// Whether `t` is pruned.
+    /// Whether `t` is pruned. A tensor without elements never is: it is
+    /// copied as it is, whatever its (possibly huge) other dimension.
     pub fn selects(&self, t: &TensorInfo) -> bool {
-        let prunable =
-            t.shape.len() == 2 && matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+        let prunable = t.shape.len() == 2
+            && !t.shape.contains(&0)
+            && matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
         if !prunable {
             return false;
         }
@@ -118,6 +120,7 @@ mod tests {
         }
         let q = "model.layers.0.self_attn.q_proj.weight";
         assert!(!s.selects(&info(q, &[8], Dtype::F32)));
+        assert!(!s.selects(&info(q, &[0, 8], Dtype::F32)));
         assert!(!s.selects(&info(q, &[8, 8], Dtype::I8)));
     }
 

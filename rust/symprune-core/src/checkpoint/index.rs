@@ -180,3 +180,35 @@ impl Index {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(shard: &str) -> Result<Index> {
+        let text = format!(r#"{{"weight_map":{{"w":{shard:?}}}}}"#);
+        Index::parse(&text, Path::new(INDEX_FILE))
+    }
+
+    #[test]
+    fn shard_names_are_plain_visible_safetensors_files() {
+        assert_eq!(
+            parse("a.safetensors").unwrap().shard_files(),
+            ["a.safetensors"]
+        );
+        for bad in [
+            "sparsity.json",
+            ".symprune-journal.json",
+            ".symprune-output",
+            INDEX_FILE,
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("not a visible .safetensors file name"), "{e}");
+        }
+        for bad in ["../a.safetensors", "/a.safetensors", "a/b.safetensors", ""] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("not a plain file name"), "{e}");
+        }
+        assert!(parse(".a.safetensors").is_err());
+    }
+}

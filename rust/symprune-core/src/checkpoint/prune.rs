@@ -643,6 +643,51 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn tensors_without_elements_pass_through_and_huge_dimensions_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
+        fs::create_dir_all(&input).unwrap();
+        let up = "model.layers.0.mlp.up_proj.weight";
+        let down = "model.layers.0.mlp.down_proj.weight";
+        let up_bytes: Vec<u8> = values(32, 1).iter().flat_map(|x| x.to_le_bytes()).collect();
+        let model = input.join("model.safetensors");
+        shard(
+            &model,
+            &[
+                (up, "F32", vec![4, 8], up_bytes.clone()),
+                (down, "F32", vec![0, 8], vec![]),
+            ],
+        );
+        let report = run(&input, &out, &plan(false)).unwrap();
+        assert_eq!(report.tensors.len(), 1);
+        assert_eq!(report.tensors[0].name, up);
+        let pruned = Checkpoint::open(&out).unwrap();
+        assert_eq!(pruned.tensor(down).unwrap().info.shape, [0, 8]);
+        assert_eq!(
+            fs::metadata(out.join("model.safetensors")).unwrap().len(),
+            fs::metadata(&model).unwrap().len()
+        );
+
+        // The product of a zero and 2^64 - 1 matches the 0 bytes stored.
+        shard(&model, &[(down, "F32", vec![0, usize::MAX], vec![])]);
+        for score in [Score::Magnitude, Score::Wanda, Score::Ria { a: 0.5 }] {
+            let plan = Plan {
+                score,
+                ..plan(true)
+            };
+            let e = run(&input, &out, &plan).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("tensor {down}: shape [0, {}]", usize::MAX)),
+                "{e}"
+            );
+        }
+        let e = crate::checkpoint::inspect(&input, Some((2, 4)), &Selection::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has dimensions beyond any file's size"), "{e}");
+    }
+
+    #[test]
     fn missing_statistics_are_named() {
         let tmp = tempfile::tempdir().unwrap();
         let input = tmp.path().join("in");

@@ -546,6 +546,49 @@ pub(crate) mod tests {
         assert!(t(overflow, 8).contains("overflows"));
     }
 
+    #[test]
+    fn every_dimension_is_bounded_even_without_elements() {
+        let huge = format!(
+            r#"{{"w":{{"dtype":"F32","shape":[0,{}],"data_offsets":[0,0]}}}}"#,
+            usize::MAX
+        );
+        let e = err(&file(&huge, &[]));
+        assert!(
+            e.contains("tensor w: shape [0, 18446744073709551615] of F32 has dimensions beyond")
+        );
+        let empty = r#"{"w":{"dtype":"F32","shape":[0,8],"data_offsets":[0,0]}}"#;
+        let header = parse_header(&file(empty, &[]), Path::new("x")).unwrap();
+        assert_eq!(
+            (header.tensors[0].numel(), header.tensors[0].nbytes()),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn a_shard_that_shrinks_while_mapped_is_detected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("model.safetensors");
+        let h = r#"{"w":{"dtype":"F32","shape":[1024],"data_offsets":[0,4096]}}"#;
+        std::fs::write(&path, file(h, &[1; 4096])).unwrap();
+        let shard = Shard::open(&path).unwrap();
+        let t = shard.get("w").unwrap();
+        assert_eq!(shard.data(t).unwrap()[0], 1);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let e = shard.data(t).unwrap_err().to_string();
+        assert!(e.contains("model.safetensors: shrank from"), "{e}");
+        let fifo = tmp.path().join("fifo.safetensors");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = Shard::open(&fifo).unwrap_err().to_string();
+        assert!(e.contains("is not a regular file"), "{e}");
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {

@@ -900,4 +900,64 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn links_planted_in_the_output_are_replaced_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
+        checkpoint(&input);
+        let victim = tmp.path().join("victim.json");
+        fs::write(&victim, "keep").unwrap();
+        let mut w = open(&input, &out, "k", false).unwrap();
+        w.close_shard(0).unwrap();
+        w.abort();
+        let link = |target: &Path, name: &str| {
+            std::os::unix::fs::symlink(target, out.join(name)).unwrap();
+        };
+        link(&victim, "config.json");
+        let nowhere = tmp.path().join("nowhere");
+        for name in [
+            ".config.json.tmp",
+            ".model-00002-of-00002.safetensors.tmp",
+            ".sparsity.json.tmp",
+            ".model.safetensors.index.json.tmp",
+            ".symprune-journal.json.tmp",
+        ] {
+            link(&nowhere, name);
+        }
+        open(&input, &out, "k", false)
+            .unwrap()
+            .finish(&Map::new())
+            .unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(!nowhere.exists());
+        assert!(!fs::symlink_metadata(out.join("config.json"))
+            .unwrap()
+            .is_symlink());
+        Checkpoint::open(&out).unwrap();
+    }
+
+    #[test]
+    fn an_output_sharing_a_file_with_the_input_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
+        checkpoint(&input);
+        // `cp -al in out`, marker and all: still refused, with overwrite too.
+        fs::create_dir(&out).unwrap();
+        for name in fsutil::entries(&input).unwrap() {
+            fs::hard_link(input.join(&name), out.join(&name)).unwrap();
+        }
+        fs::write(out.join(MARKER_FILE), "").unwrap();
+        for overwrite in [false, true] {
+            let e = open(&input, &out, "k", overwrite).unwrap_err().to_string();
+            assert!(
+                e.contains("(a hard link: the same device and inode)"),
+                "{e}"
+            );
+        }
+        let e = open(&input, Path::new(""), "k", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("output: is an empty path"), "{e}");
+    }
 }

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use symprune_core::checkpoint::fsutil::{self, Protected};
 use symprune_core::checkpoint::manifest::{pattern_by_name, score_by_name};
 use symprune_core::checkpoint::{
     self as ck, parse_dtype, Checkpoint, MethodParams, Part, Plan, Progress, Selection,
@@ -272,11 +273,32 @@ fn inspect(
         .map_err(|e| to_py(py, e))
 }
 
+/// Fails unless `path` may be written as an output file: it is not a file of
+/// the checkpoint `input` (a hard link or link included), nor inside it.
+#[pyfunction]
+fn check_output_file(py: Python<'_>, path: PathBuf, input: PathBuf) -> PyResult<()> {
+    py.detach(|| Protected::input(&input)?.check_file(&path))
+        .map_err(|e| to_py(py, e))
+}
+
+/// Checks `path` as [`check_output_file`] does, then replaces it with `data`
+/// through a new temporary file (never through a link), fsynced and renamed.
+#[pyfunction]
+fn write_output_file(py: Python<'_>, path: PathBuf, data: &[u8], input: PathBuf) -> PyResult<()> {
+    py.detach(|| {
+        Protected::input(&input)?.check_file(&path)?;
+        fsutil::replace_file(&path, data)
+    })
+    .map_err(|e| to_py(py, e))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Reader>()?;
     m.add_class::<Writer>()?;
     m.add_function(wrap_pyfunction!(prune_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(finalize, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(check_output_file, m)?)?;
+    m.add_function(wrap_pyfunction!(write_output_file, m)?)?;
     Ok(())
 }

@@ -421,7 +421,7 @@ fn adopt(dir: &Path, marker: &Path) -> Result<File> {
         return Err(Error::checkpoint(
             dir,
             format!(
-                "exists and is not empty, and symprune did not write it (it has no {MARKER_FILE} \
+                "exists and is not empty, and is not a symprune output (it has no {MARKER_FILE} \
                  marker; it holds {}); choose a new or empty output directory: overwrite \
                  (--overwrite) replaces only a directory that symprune wrote",
                 some_names(&found)
@@ -465,7 +465,14 @@ impl Protected {
         }
         p.roots.push((what, resolve(dir)));
         for name in entries(dir)? {
-            p.add(&dir.join(name), "the input file");
+            let path = dir.join(name);
+            let folder = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+            let what = if folder {
+                "a folder of the input"
+            } else {
+                "the input file"
+            };
+            p.add(&path, what);
         }
         Ok(p)
     }
@@ -505,7 +512,9 @@ impl Protected {
     /// protected directory or inside one, contains a protected file, or holds
     /// one under another name (a hard link).
     pub fn check_dir(&self, out: &Path) -> Result<()> {
-        for dir in out.ancestors() {
+        // Outermost first: inside the input directory says more than inside one of its folders.
+        let ancestors: Vec<&Path> = out.ancestors().collect();
+        for dir in ancestors.into_iter().rev() {
             if let Some((what, p)) = self.find(FileId::target(dir)) {
                 return Err(Error::checkpoint(
                     out,
@@ -532,6 +541,9 @@ impl Protected {
                     ),
                 ));
             }
+        }
+        if !out.is_dir() {
+            return Ok(()); // refused as a file by the caller
         }
         for name in entries(out)? {
             let path = out.join(name);

@@ -327,7 +327,9 @@ impl Shard {
             return Err(Error::checkpoint(
                 &self.path,
                 format!(
-                    "shrank from {} to {now} bytes while being read (another program truncated                      or rewrote it); the input must not change during a run, restore it and run                      again",
+                    "shrank from {} to {now} bytes while being read (another program truncated \
+                     or rewrote it); the input must not change during a run, restore it and run \
+                     again",
                     self.map.len()
                 ),
             ));

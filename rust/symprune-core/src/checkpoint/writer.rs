@@ -450,9 +450,8 @@ impl CheckpointWriter {
             files.sort();
             let text = manifest::render(run, &tensors, &files);
             fsutil::write_atomic(&dir, MANIFEST_FILE, text.as_bytes())?;
-            for (name, _) in read_journals(&dir)? {
-                fsutil::remove_entry(&dir.join(name))?;
-            }
+            // The journals, and whatever a killed run or anyone else left at temporary names.
+            remove_own_files(&dir, &|name| !(is_journal(name) || is_temp(name)))?;
             fsutil::sync_dir(&dir)?;
             if let Some(old) = self.replaces.take() {
                 swap_in(&dir, old)?;
@@ -583,6 +582,12 @@ impl Drop for CheckpointWriter {
                 let tmp = fsutil::temp_path(self.dir.path(), &self.input.shards[s].file);
                 let _ = fsutil::remove_entry(&tmp);
             }
+        }
+        // A staged overwrite that finished no shard leaves nothing to resume.
+        let nothing_staged = self.journal.done.is_empty() && !self.stale;
+        if self.replaces.is_some() && self.journal.part.is_whole() && nothing_staged {
+            let _ = remove_own_files(self.dir.path(), &|_| false);
+            let _ = fs::remove_dir(self.dir.path());
         }
     }
 }
@@ -868,6 +873,9 @@ mod tests {
             .unwrap();
         let finished = fs::read(out.join(MANIFEST_FILE)).unwrap();
         let stage = staging_path(&out);
+        // A run that writes nothing leaves nothing beside it.
+        open(&input, &out, "b", true).unwrap().abort();
+        assert!(!stage.exists());
         // A run that fails midway leaves the finished output as it was.
         let mut w = open(&input, &out, "b", true).unwrap();
         let e = open(&input, &out, "b", true).unwrap_err().to_string();

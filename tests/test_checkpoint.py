@@ -118,7 +118,8 @@ def test_round_trip_matches_ops(tiny, tmp_path, method, kw):
     assert info["pattern"] == kw.get("pattern", "per-row")
     assert info["symprune_version"] == __version__
     assert set(info["tensors"]) == set(masks)
-    assert not list(out.glob(".*"))  # no journal, no temporary files
+    # No journal, no temporary files: only the marker of a symprune output.
+    assert [p.name for p in out.glob(".*")] == [".symprune-output"]
 
 
 def test_output_loads_with_transformers(tiny, tmp_path):
@@ -226,7 +227,7 @@ def test_writer_refuses_wrong_tensors_and_aborts_cleanly(tiny, tmp_path):
             writer.write(name, np.zeros((64, 32), np.float32))
             raise RuntimeError("boom")
     left = {p.name for p in out.iterdir()}
-    assert left == {".symprune-journal.json"}, left
+    assert left == {".symprune-journal.json", ".symprune-output"}, left
 
 
 def test_an_interrupted_run_resumes_byte_identical(tiny, tmp_path):

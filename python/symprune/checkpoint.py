@@ -17,12 +17,14 @@ Rust on memory maps, one tensor at a time, so memory stays near one tensor
 - :func:`inspect` measures per-tensor sparsity and checks an N:M pattern.
 
 Malformed files raise :class:`~symprune.errors.CheckpointError` naming the
-file, the tensor and the fix.
+file, the tensor and the fix; so does an output that could harm anything
+outside it (see :class:`CheckpointWriter`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -136,7 +138,9 @@ class CheckpointReader:
         dtype, shape = self._core.info(name)
         if dtype not in _NUMPY:
             raise InvalidInputError(f"{name}: dtype {dtype} has no torch equivalent; use numpy()")
-        raw = self._core.tensor_bytes(name).copy()  # torch has no read-only tensors
+        # Viewed as the element type in numpy, so torch only reinterprets equal-sized
+        # elements (an empty byte array has no unit stride to view as wider ones).
+        raw = self._core.tensor_bytes(name).view(_NUMPY[dtype]).copy()  # torch: no read-only
         return torch.from_numpy(raw).view(_torch_dtype(dtype)).reshape(shape)
 
 
@@ -150,9 +154,15 @@ class CheckpointWriter:
     files go, shards already completed stay with a journal, and a writer with
     the same non-empty ``run_key`` (a string naming the pruning settings) on the
     same input resumes from them; without a key nothing is ever resumed.
-    ``overwrite`` replaces a finished output (or an interrupted run of other
-    settings); the old files go only when this run first writes, so a run that
-    fails before that leaves them as they were. The input is never written to.
+
+    Nothing outside ``output`` is ever written: it may not be, contain or share a
+    file with the input (compared by device and inode); it must be new, empty, or
+    a symprune output (it carries a ``.symprune-output`` marker), and one writer
+    at a time holds its lock. Files are created new and renamed into place, never
+    written through a link. ``overwrite`` replaces a finished output by staging the
+    new one beside it and swapping it in when finished, so a failed or killed run
+    leaves the old one whole (a rerun resumes the staged shards); an interrupted
+    run of other settings is cleared when this run first writes.
     """
 
     def __init__(
@@ -165,7 +175,8 @@ class CheckpointWriter:
     ):
         self.input = Path(input)
         self.output = Path(output)
-        self._core = _core.CheckpointWriter(str(self.input), str(self.output), overwrite, run_key)
+        # The path as given: Path("") would turn an empty one into ".".
+        self._core = _core.CheckpointWriter(str(self.input), os.fspath(output), overwrite, run_key)
         self._reader = CheckpointReader(self.input)
         self._finished = False
 
@@ -184,6 +195,12 @@ class CheckpointWriter:
             t = tensor.detach().to("cpu")
             if t.is_floating_point() and dtype in _FLOATS:
                 t = t.to(_torch_dtype(dtype))
+            expected = _torch_dtype(dtype) if dtype in _NUMPY else torch.uint8
+            if t.dtype != expected:
+                raise InvalidInputError(
+                    f"{name}: a {t.dtype} tensor cannot be written as {dtype} (expected "
+                    f"{expected}); cast it first"
+                )
             raw, got_shape = t.contiguous().view(torch.uint8).numpy(), tuple(t.shape)
         else:
             arr = np.asarray(tensor)
@@ -226,6 +243,19 @@ class CheckpointWriter:
                 raise
         elif exc_type is not None:
             self.abort()
+
+
+def check_output_file(path: str | Path, model: str | Path) -> None:
+    """Fails unless the file ``path`` may be written next to the checkpoint ``model``:
+    it is none of the checkpoint's files (compared by device and inode, so neither a
+    hard link nor a link to one) and not inside its directory."""
+    _core.check_output_file(os.fspath(path), os.fspath(model))
+
+
+def write_output_file(path: str | Path, data: bytes, model: str | Path) -> None:
+    """Checks ``path`` as :func:`check_output_file` does, then replaces it with ``data``
+    through a new temporary file (never writing through a link), fsynced and renamed."""
+    _core.write_output_file(os.fspath(path), data, os.fspath(model))
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -510,8 +540,10 @@ __all__ = [
     "PruneReport",
     "TensorReport",
     "TensorSparsity",
+    "check_output_file",
     "finalize",
     "inspect",
     "prune_checkpoint",
     "read_manifest",
+    "write_output_file",
 ]

@@ -284,10 +284,13 @@ def calibrate_streamed(
     sequential). With ``ranks``, the ranks split the windows as in
     :func:`prune_streamed` and rank 0 writes the file.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from symprune.checkpoint import check_output_file, write_output_file
 
     model_dir = Path(model) if model is not None else data.builtin_model()
     out = Path(output)
+    check_output_file(out, model_dir)  # before the work, not after it
     device = device or default_device()
     calib = calibration.sized_for(device)
     selection = selection or spec_selection()
@@ -308,11 +311,8 @@ def calibrate_streamed(
         "calibration": calib.source,
     }
 
-    def save() -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        save_file(tensors, tmp, metadata=meta)
-        tmp.replace(out)
+    def write() -> None:
+        write_output_file(out, save(tensors, metadata=meta), model_dir)
 
     try:
         streamed = StreamedModel(model_dir, device)
@@ -330,7 +330,7 @@ def calibrate_streamed(
             reduce_stats=ranks.reduce_stats if ranks is not None else None,
             progress=progress,
         )
-        distributed.leader_finishes(ranks, save)
+        distributed.leader_finishes(ranks, write)
     except BaseException:
         if ranks is not None:
             ranks.fail()

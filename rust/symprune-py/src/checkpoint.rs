@@ -13,6 +13,7 @@ use pythonize::{depythonize, pythonize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use symprune_core::checkpoint::fsutil::{self, Protected};
 use symprune_core::checkpoint::{
     self as ck, parse_dtype, Checkpoint, Part, Plan, Progress, WriterOptions,
 };
@@ -108,7 +109,7 @@ impl Writer {
         let opts = WriterOptions {
             overwrite,
             run_key,
-            part: Part::default(),
+            ..WriterOptions::default()
         };
         let inner = py
             .detach(|| ck::CheckpointWriter::create(&input, &output, &opts))
@@ -249,6 +250,25 @@ fn inspect<'py>(
     to_python(py, &report)
 }
 
+/// Fails unless `path` may be written as an output file: it is not a file of
+/// the checkpoint `input` (a hard link or link included), nor inside it.
+#[pyfunction]
+fn check_output_file(py: Python<'_>, path: PathBuf, input: PathBuf) -> PyResult<()> {
+    py.detach(|| Protected::input(&input)?.check_file(&path))
+        .map_err(|e| to_py(py, e))
+}
+
+/// Checks `path` as [`check_output_file`] does, then replaces it with `data`
+/// through a new temporary file (never through a link), fsynced and renamed.
+#[pyfunction]
+fn write_output_file(py: Python<'_>, path: PathBuf, data: &[u8], input: PathBuf) -> PyResult<()> {
+    py.detach(|| {
+        Protected::input(&input)?.check_file(&path)?;
+        fsutil::replace_file(&path, data)
+    })
+    .map_err(|e| to_py(py, e))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MANIFEST_FILE", ck::MANIFEST_FILE)?;
     m.add_class::<Reader>()?;
@@ -256,5 +276,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(prune_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(finalize, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(check_output_file, m)?)?;
+    m.add_function(wrap_pyfunction!(write_output_file, m)?)?;
     Ok(())
 }

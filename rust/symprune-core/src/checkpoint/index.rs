@@ -20,12 +20,35 @@ pub struct Index {
 }
 
 impl Index {
-    /// Reads an index; shard names must be plain file names.
+    /// Reads an index whose shards all exist next to it.
     pub fn read(path: &Path) -> Result<Index> {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let index = Index::parse(&text, path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for (tensor, shard) in &index.weight_map {
+            if !dir.join(shard).is_file() {
+                return Err(Error::tensor(
+                    path,
+                    tensor,
+                    format!(
+                        "is mapped to shard {shard}, which does not exist in {}; the \
+                         download is incomplete, fetch the missing shard",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(index)
+    }
+
+    /// Parses the text of the index `path`: shard names must be plain
+    /// `.safetensors` file names, which never collide with symprune's own
+    /// files in an output (`sparsity.json`, journals, marker, temporary files).
+    /// Never panics on any input.
+    pub fn parse(text: &str, path: &Path) -> Result<Index> {
         let bad = |msg: String| Error::checkpoint(path, msg);
         let fix = "the index is corrupt; re-download it or regenerate it from the shards";
-        let json: Map<String, Value> = serde_json::from_str(&text)
+        let json: Map<String, Value> = serde_json::from_str(text)
             .map_err(|e| bad(format!("is not a valid JSON object ({e}); {fix}")))?;
         // Parse weight_map a second time with duplicates kept (serde_json's
         // map keeps only the last of two equal keys).
@@ -33,7 +56,7 @@ impl Index {
         struct Raw {
             weight_map: Option<JsonEntries>,
         }
-        let raw: Raw = serde_json::from_str(&text)
+        let raw: Raw = serde_json::from_str(text)
             .map_err(|e| bad(format!("weight_map is not a JSON object ({e}); {fix}")))?;
         let entries = raw
             .weight_map
@@ -66,21 +89,18 @@ impl Index {
                     ),
                 ));
             }
-            weight_map.push((tensor, shard));
-        }
-        let dir = path.parent().unwrap_or(Path::new("."));
-        for (tensor, shard) in &weight_map {
-            if !dir.join(shard).is_file() {
+            if !shard.ends_with(".safetensors") || shard.starts_with('.') {
                 return Err(Error::tensor(
                     path,
-                    tensor,
+                    &tensor,
                     format!(
-                        "is mapped to shard {shard}, which does not exist in {}; the \
-                         download is incomplete, fetch the missing shard",
-                        dir.display()
+                        "shard {shard:?} is not a visible .safetensors file name, so it could \
+                         collide with the files symprune writes next to the shards \
+                         (sparsity.json, its journal and marker); {fix}"
                     ),
                 ));
             }
+            weight_map.push((tensor, shard));
         }
         Ok(Index { json, weight_map })
     }
@@ -158,5 +178,37 @@ impl Index {
         let mut text = serde_json::to_string_pretty(&Value::Object(json)).expect("JSON");
         text.push('\n');
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(shard: &str) -> Result<Index> {
+        let text = format!(r#"{{"weight_map":{{"w":{shard:?}}}}}"#);
+        Index::parse(&text, Path::new(INDEX_FILE))
+    }
+
+    #[test]
+    fn shard_names_are_plain_visible_safetensors_files() {
+        assert_eq!(
+            parse("a.safetensors").unwrap().shard_files(),
+            ["a.safetensors"]
+        );
+        for bad in [
+            "sparsity.json",
+            ".symprune-journal.json",
+            ".symprune-output",
+            INDEX_FILE,
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("not a visible .safetensors file name"), "{e}");
+        }
+        for bad in ["../a.safetensors", "/a.safetensors", "a/b.safetensors", ""] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("not a plain file name"), "{e}");
+        }
+        assert!(parse(".a.safetensors").is_err());
     }
 }

@@ -4,7 +4,7 @@
 
 use super::reader::{Checkpoint, TensorInfo};
 use super::selection::Selection;
-use super::writer::ZeroCount;
+use super::zeros::{count_zeros, is_zero, zero_mask, ZeroCount};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use safetensors::Dtype;
@@ -43,51 +43,6 @@ pub struct Inspection {
     pub nm_ok: Option<bool>,
 }
 
-/// Bits that must all be zero for an element to count as zero: floats ignore
-/// their sign bit, everything else compares all bits.
-fn zero_mask(dtype: Dtype) -> Option<(usize, u64)> {
-    let bits = dtype.bitsize();
-    if bits % 8 != 0 {
-        return None;
-    }
-    let all = if bits == 64 {
-        u64::MAX
-    } else {
-        (1u64 << bits) - 1
-    };
-    let sign_free = matches!(
-        dtype,
-        Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64 | Dtype::F8_E4M3 | Dtype::F8_E5M2
-    );
-    Some((bits / 8, if sign_free { all >> 1 } else { all }))
-}
-
-#[inline(always)]
-fn is_zero<const N: usize>(e: &[u8], mask: u64) -> bool {
-    let mut v = [0u8; 8];
-    v[..N].copy_from_slice(&e[..N]);
-    u64::from_le_bytes(v) & mask == 0
-}
-
-fn zeros_of<const N: usize>(bytes: &[u8], mask: u64) -> u64 {
-    bytes
-        .par_chunks(N << 16)
-        .map(|c| c.chunks_exact(N).filter(|e| is_zero::<N>(e, mask)).count() as u64)
-        .sum()
-}
-
-/// Exact zeros among the elements in `bytes` (whole elements of `dtype`);
-/// `None` for dtypes narrower than a byte.
-pub fn count_zeros(dtype: Dtype, bytes: &[u8]) -> Option<u64> {
-    let (size, mask) = zero_mask(dtype)?;
-    Some(match size {
-        1 => zeros_of::<1>(bytes, mask),
-        2 => zeros_of::<2>(bytes, mask),
-        4 => zeros_of::<4>(bytes, mask),
-        _ => zeros_of::<8>(bytes, mask),
-    })
-}
-
 /// Groups of `m` consecutive elements per row with fewer than `n` zeros.
 fn nm_violations<const N: usize>(data: &[u8], cols: usize, n: usize, m: usize, mask: u64) -> u64 {
     data.par_chunks(cols * N)
@@ -99,20 +54,22 @@ fn nm_violations<const N: usize>(data: &[u8], cols: usize, n: usize, m: usize, m
         .sum()
 }
 
-fn inspect_tensor(
+pub(crate) fn inspect_tensor(
     t: &TensorInfo,
     data: &[u8],
     nm: Option<(usize, usize)>,
     selection: &Selection,
 ) -> TensorSparsity {
-    let float2d = t.shape.len() == 2 && matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+    // Groups exist only in a 2-D float tensor with elements; then its row
+    // bytes (and M's, at most a row's) are bounded by the validated data.
+    let float2d = t.shape.len() == 2
+        && t.numel() > 0
+        && matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
     let nm_violations = match (nm, zero_mask(t.dtype)) {
-        (Some((n, m)), Some((size, mask))) if float2d && t.shape[1] % m == 0 && t.shape[1] > 0 => {
-            Some(match size {
-                2 => nm_violations::<2>(data, t.shape[1], n, m, mask),
-                _ => nm_violations::<4>(data, t.shape[1], n, m, mask),
-            })
-        }
+        (Some((n, m)), Some((size, mask))) if float2d && t.shape[1] % m == 0 => Some(match size {
+            2 => nm_violations::<2>(data, t.shape[1], n, m, mask),
+            _ => nm_violations::<4>(data, t.shape[1], n, m, mask),
+        }),
         _ => None,
     };
     TensorSparsity {
@@ -145,11 +102,11 @@ pub fn inspect(
     let tensors: Vec<TensorSparsity> = all
         .par_iter()
         .map(|(shard, t)| {
-            let out = inspect_tensor(t, shard.data(t), nm, selection);
+            let out = inspect_tensor(t, shard.data(t)?, nm, selection);
             shard.release(shard.offset(t), t.nbytes());
-            out
+            Ok(out)
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let sum = |pick: &dyn Fn(&TensorSparsity) -> bool| {
         tensors
             .iter()
@@ -180,17 +137,6 @@ pub fn inspect(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn zeros_ignore_the_sign_of_floats_only() {
-        let bf = [0x00u8, 0x80, 0x00, 0x00, 0x80, 0x3f]; // -0, +0, 1.0
-        assert_eq!(count_zeros(Dtype::BF16, &bf), Some(2));
-        let i16s = [0x00u8, 0x80, 0x00, 0x00];
-        assert_eq!(count_zeros(Dtype::I16, &i16s), Some(1));
-        let f32s = [0u8, 0, 0, 0x80, 1, 0, 0, 0];
-        assert_eq!(count_zeros(Dtype::F32, &f32s), Some(1));
-        assert_eq!(count_zeros(Dtype::F4, &[0u8; 4]), None);
-    }
 
     #[test]
     fn nm_violations_count_groups() {

@@ -1,7 +1,7 @@
 //! `sparsity.json`, the record of how a checkpoint was pruned. The run's own
 //! fields come from [`crate::vocab::Request::describe`], the same for both engines.
 
-use super::writer::ZeroCount;
+use super::zeros::ZeroCount;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
@@ -10,8 +10,13 @@ pub const MANIFEST_FILE: &str = "sparsity.json";
 
 /// The manifest: the caller's run fields (method, parameters, pattern, ...)
 /// plus, from what was written, each tensor's achieved sparsity (fraction of
-/// exact zeros), the totals, and the symprune version.
-pub fn render(run: &Map<String, Value>, tensors: &BTreeMap<String, ZeroCount>) -> String {
+/// exact zeros), the totals, the output's other `files` (what an overwrite
+/// may remove), and the symprune version.
+pub fn render(
+    run: &Map<String, Value>,
+    tensors: &BTreeMap<String, ZeroCount>,
+    files: &[String],
+) -> String {
     let mut out = run.clone();
     let (zeros, numel) = tensors
         .values()
@@ -33,6 +38,7 @@ pub fn render(run: &Map<String, Value>, tensors: &BTreeMap<String, ZeroCount>) -
         }),
     );
     out.insert("tensors".into(), Value::Object(per_tensor));
+    out.insert("files".into(), files.into());
     out.insert("symprune_version".into(), env!("CARGO_PKG_VERSION").into());
     let mut text = serde_json::to_string_pretty(&Value::Object(out)).expect("JSON");
     text.push('\n');

@@ -7,21 +7,29 @@
 //! untouched tensors are copied file-to-file by the kernel, and pruned tensors
 //! are written in row blocks straight to their offsets.
 
+pub mod fsutil;
+#[cfg(test)]
+mod fuzz;
 pub mod index;
 pub mod inspect;
+pub mod journal;
 pub mod manifest;
 pub mod prune;
 pub mod reader;
 pub mod selection;
 pub mod writer;
+pub mod zeros;
 
+pub use fsutil::MARKER_FILE;
 pub use inspect::{inspect, Inspection, TensorSparsity};
+pub use journal::Part;
 pub use manifest::MANIFEST_FILE;
 pub use prune::{prune_checkpoint, Plan, Progress, Report, TensorReport};
 pub use reader::{parse_dtype, Checkpoint, Shard, TensorInfo, TensorRef};
 pub use safetensors::Dtype as StorageDtype;
 pub use selection::Selection;
-pub use writer::{finalize, CheckpointWriter, FinishReport, Part, WriterOptions, ZeroCount};
+pub use writer::{finalize, CheckpointWriter, FinishReport, WriterOptions};
+pub use zeros::ZeroCount;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;

@@ -6,9 +6,11 @@
 //! in blocks of rows, so memory does not grow with the tensor; otherwise the
 //! whole tensor's scores and mask are held once, and written out in blocks.
 
+use super::journal::Part;
 use super::reader::{Checkpoint, Shard, TensorInfo};
 use super::selection::Selection;
-use super::writer::{CheckpointWriter, Part, WriterOptions, ZeroCount};
+use super::writer::{CheckpointWriter, WriterOptions};
+use super::zeros::ZeroCount;
 use crate::dtype::{Element, MatRef};
 use crate::error::{Error, Result};
 use crate::mask::{self, Pattern};
@@ -134,7 +136,7 @@ fn load_stats(file: Option<&Shard>, t: &TensorInfo, score: &Score) -> Result<Sta
                 ),
             ));
         }
-        Ok(bytemuck::pod_collect_to_vec(file.data(stat)))
+        Ok(bytemuck::pod_collect_to_vec(file.data(stat)?))
     };
     Ok(Stats {
         in_sq: need_in.then(|| read("in_sq", t.shape[1])).transpose()?,
@@ -191,11 +193,16 @@ fn prune_matrix<T: Element + bytemuck::Pod>(
     score: &Score,
     pattern: Pattern,
 ) -> Result<()> {
-    let bytes = shard.data(t);
+    let bytes = shard.data(t)?;
     // Shards rarely align tensors for T; then a copy replaces the mapped view.
     let data: Cow<[T]> = match bytemuck::try_cast_slice(bytes) {
         Ok(view) => Cow::Borrowed(view),
         Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),
+    };
+    // Reading a mapped view again after the file shrank would be fatal.
+    let intact = || match data {
+        Cow::Borrowed(_) => shard.check_intact(),
+        Cow::Owned(_) => Ok(()),
     };
     let (rows, cols, name) = (t.shape[0], t.shape[1], t.name.as_str());
     let size = std::mem::size_of::<T>();
@@ -205,6 +212,7 @@ fn prune_matrix<T: Element + bytemuck::Pod>(
     };
     let mut buf: Vec<T> = Vec::new();
     let mut write = |writer: &mut CheckpointWriter, r0: usize, r1: usize, prune: &[bool]| {
+        intact()?;
         buf.clear();
         buf.extend_from_slice(&data[r0 * cols..r1 * cols]);
         mask::apply(&mut buf, prune)?;
@@ -216,6 +224,7 @@ fn prune_matrix<T: Element + bytemuck::Pod>(
     if row_local(score, pattern) {
         for r0 in (0..rows).step_by(block) {
             let r1 = (r0 + block).min(rows);
+            intact()?;
             let w = MatRef::new(&data[r0 * cols..r1 * cols], r1 - r0, cols, name)?;
             let out_sq = stats.out_sq.as_deref().map(|o| &o[r0..r1]);
             let scores = score::compute(w, ActStats { in_sq, out_sq }, score, name)
@@ -323,6 +332,7 @@ pub fn prune_checkpoint(
         overwrite: plan.overwrite,
         run_key: Value::Object(key).to_string(),
         part: plan.part,
+        stats: plan.stats.clone(),
     };
     let mut writer = CheckpointWriter::new(checkpoint.clone(), output, &opts)?;
 
@@ -560,16 +570,16 @@ pub(crate) mod tests {
         for (s, t) in a.tensors() {
             let got = b.tensor(&t.name).unwrap().data;
             if !plan(false).selection.selects(t) {
-                assert_eq!(got, s.data(t), "{}", t.name);
+                assert_eq!(got, s.data(t).unwrap(), "{}", t.name);
                 continue;
             }
             let (rows, cols) = (t.shape[0], t.shape[1]);
             let w: Vec<f32> = match t.dtype {
-                Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(s.data(t))
+                Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(s.data(t).unwrap())
                     .iter()
                     .map(|x| x.to_f32())
                     .collect(),
-                _ => bytemuck::pod_collect_to_vec(s.data(t)),
+                _ => bytemuck::pod_collect_to_vec(s.data(t).unwrap()),
             };
             let m = MatRef::new(&w, rows, cols, "w").unwrap();
             let scores = score::compute(m, ActStats::default(), &Score::Symmetric, "").unwrap();
@@ -579,7 +589,7 @@ pub(crate) mod tests {
                 "",
             )
             .unwrap();
-            let mut want = s.data(t).to_vec();
+            let mut want = s.data(t).unwrap().to_vec();
             let size = want.len() / w.len();
             for (k, p) in prune.iter().enumerate() {
                 if *p {
@@ -647,6 +657,51 @@ pub(crate) mod tests {
         let report = run(&input, &twice, &plan(false)).unwrap();
         assert_eq!(report.resumed_shards, 1);
         assert_eq!(tree(&once), tree(&twice));
+    }
+
+    #[test]
+    fn tensors_without_elements_pass_through_and_huge_dimensions_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
+        fs::create_dir_all(&input).unwrap();
+        let up = "model.layers.0.mlp.up_proj.weight";
+        let down = "model.layers.0.mlp.down_proj.weight";
+        let up_bytes: Vec<u8> = values(32, 1).iter().flat_map(|x| x.to_le_bytes()).collect();
+        let model = input.join("model.safetensors");
+        shard(
+            &model,
+            &[
+                (up, "F32", vec![4, 8], up_bytes.clone()),
+                (down, "F32", vec![0, 8], vec![]),
+            ],
+        );
+        let report = run(&input, &out, &plan(false)).unwrap();
+        assert_eq!(report.tensors.len(), 1);
+        assert_eq!(report.tensors[0].name, up);
+        let pruned = Checkpoint::open(&out).unwrap();
+        assert_eq!(pruned.tensor(down).unwrap().info.shape, [0, 8]);
+        assert_eq!(
+            fs::metadata(out.join("model.safetensors")).unwrap().len(),
+            fs::metadata(&model).unwrap().len()
+        );
+
+        // The product of a zero and 2^64 - 1 matches the 0 bytes stored.
+        shard(&model, &[(down, "F32", vec![0, usize::MAX], vec![])]);
+        for method in ["magnitude", "wanda", "ria"] {
+            let plan = Plan {
+                request: request(method, 0.5),
+                ..plan(true)
+            };
+            let e = run(&input, &out, &plan).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("tensor {down}: shape [0, {}]", usize::MAX)),
+                "{e}"
+            );
+        }
+        let e = crate::checkpoint::inspect(&input, Some((2, 4)), &Selection::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has dimensions beyond any file's size"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
 use safetensors::Dtype;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The file of a single-file checkpoint.
@@ -175,6 +176,21 @@ pub fn parse_header(file: &[u8], path: &Path) -> Result<Header> {
                 "data_offsets [{s}, {e}] run past the end of the data ({data_len} bytes)"
             )));
         }
+        // Every dimension is bounded, also in a tensor with a zero dimension
+        // (whose size would not tell): as if each zero were one, the bits
+        // must fit the address space.
+        let span = t
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1)))
+            .and_then(|n| n.checked_mul(t.dtype.bitsize()))
+            .filter(|&bits| bits / 8 <= isize::MAX as usize);
+        if span.is_none() {
+            return Err(err(format!(
+                "shape {:?} of {} has dimensions beyond any file's size (their product overflows)",
+                t.shape, t.dtype
+            )));
+        }
         let bits = t
             .shape
             .iter()
@@ -232,14 +248,27 @@ pub struct Shard {
 impl Shard {
     /// Maps and validates one safetensors file.
     pub fn open(path: &Path) -> Result<Shard> {
-        let handle = File::open(path).map_err(Error::io(path))?;
-        let len = handle.metadata().map_err(Error::io(path))?.len();
+        // Non-blocking, so that a FIFO in its place fails instead of waiting.
+        let handle = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(Error::io(path))?;
+        let meta = handle.metadata().map_err(Error::io(path))?;
+        if !meta.is_file() {
+            return Err(Error::checkpoint(
+                path,
+                "is not a regular file; pass a safetensors file",
+            ));
+        }
+        let len = meta.len();
         if len < 8 {
             // Report it like any other short header (an empty file cannot be mapped).
             parse_header(&[0u8; 8][..len as usize], path)?;
         }
         // SAFETY: the map is read-only; a concurrent truncation of the input
-        // by another process would fault, as with every memory-mapped reader.
+        // by another process would fault on access, so every access to the
+        // tensors first checks the size (see `check_intact`).
         let map = unsafe { MmapOptions::new().map(&handle) }.map_err(Error::io(path))?;
         let header = parse_header(&map, path)?;
         let lookup = header
@@ -289,10 +318,30 @@ impl Shard {
         self.lookup.get(name).map(|&i| &self.header.tensors[i])
     }
 
-    /// A tensor's bytes.
-    pub fn data(&self, t: &TensorInfo) -> &[u8] {
+    /// Fails if the file is now shorter than when it was mapped (another
+    /// process truncated or rewrote it), before reading the map there would
+    /// kill the process with SIGBUS.
+    pub fn check_intact(&self) -> Result<()> {
+        let now = self.handle.metadata().map_err(Error::io(&self.path))?.len();
+        if now < self.map.len() as u64 {
+            return Err(Error::checkpoint(
+                &self.path,
+                format!(
+                    "shrank from {} to {now} bytes while being read (another program truncated \
+                     or rewrote it); the input must not change during a run, restore it and run \
+                     again",
+                    self.map.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A tensor's bytes, once sure the file still holds them.
+    pub fn data(&self, t: &TensorInfo) -> Result<&[u8]> {
+        self.check_intact()?;
         let base = self.header.data_start;
-        &self.map[base + t.start..base + t.end]
+        Ok(&self.map[base + t.start..base + t.end])
     }
 
     /// The absolute file offset of a tensor's first byte.
@@ -428,7 +477,7 @@ impl Checkpoint {
         })?;
         Ok(TensorRef {
             info,
-            data: shard.data(info),
+            data: shard.data(info)?,
         })
     }
 
@@ -497,6 +546,49 @@ pub(crate) mod tests {
         let overflow =
             r#"{"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#;
         assert!(t(overflow, 8).contains("overflows"));
+    }
+
+    #[test]
+    fn every_dimension_is_bounded_even_without_elements() {
+        let huge = format!(
+            r#"{{"w":{{"dtype":"F32","shape":[0,{}],"data_offsets":[0,0]}}}}"#,
+            usize::MAX
+        );
+        let e = err(&file(&huge, &[]));
+        assert!(
+            e.contains("tensor w: shape [0, 18446744073709551615] of F32 has dimensions beyond")
+        );
+        let empty = r#"{"w":{"dtype":"F32","shape":[0,8],"data_offsets":[0,0]}}"#;
+        let header = parse_header(&file(empty, &[]), Path::new("x")).unwrap();
+        assert_eq!(
+            (header.tensors[0].numel(), header.tensors[0].nbytes()),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn a_shard_that_shrinks_while_mapped_is_detected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("model.safetensors");
+        let h = r#"{"w":{"dtype":"F32","shape":[1024],"data_offsets":[0,4096]}}"#;
+        std::fs::write(&path, file(h, &[1; 4096])).unwrap();
+        let shard = Shard::open(&path).unwrap();
+        let t = shard.get("w").unwrap();
+        assert_eq!(shard.data(t).unwrap()[0], 1);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let e = shard.data(t).unwrap_err().to_string();
+        assert!(e.contains("model.safetensors: shrank from"), "{e}");
+        let fifo = tmp.path().join("fifo.safetensors");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = Shard::open(&fifo).unwrap_err().to_string();
+        assert!(e.contains("is not a regular file"), "{e}");
     }
 
     proptest! {

@@ -56,14 +56,18 @@ impl Selection {
         serde_json::json!({ "targets": text(&self.targets), "ignore": text(&self.ignore) })
     }
 
-    /// Whether `t` is pruned.
+    /// Whether `t` is pruned. A tensor without elements never is: it is
+    /// copied as it is, whatever its (possibly huge) other dimension.
     pub fn selects(&self, t: &TensorInfo) -> bool {
         self.selects_tensor(&t.name, &t.shape, t.dtype)
     }
 
-    /// Whether the tensor `name` of `shape` and `dtype` is pruned.
+    /// Whether the tensor `name` of `shape` and `dtype` is pruned (never an
+    /// empty one: there is nothing to score).
     pub fn selects_tensor(&self, name: &str, shape: &[usize], dtype: Dtype) -> bool {
-        let prunable = shape.len() == 2 && matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+        let prunable = shape.len() == 2
+            && !shape.contains(&0)
+            && matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
         if !prunable {
             return false;
         }
@@ -121,6 +125,7 @@ mod tests {
         }
         let q = "model.layers.0.self_attn.q_proj.weight";
         assert!(!s.selects(&info(q, &[8], Dtype::F32)));
+        assert!(!s.selects(&info(q, &[0, 8], Dtype::F32)));
         assert!(!s.selects(&info(q, &[8, 8], Dtype::I8)));
     }
 

@@ -5,34 +5,40 @@
 //! pruned bytes at their offsets in `.<shard>.tmp` and, when the shard is
 //! closed, has the kernel copy everything else (the header and every tensor
 //! not written) from the input. A closed shard is fsynced, renamed into place
-//! and recorded in a small journal, so a re-run after an interruption skips it
-//! and redoes only unfinished shards; pruning is deterministic, so the result
-//! is byte-identical to an uninterrupted run. `sparsity.json` is written last
-//! and marks the output finished; the input directory is never written to.
+//! and recorded in the [journal](super::journal), so a re-run after an
+//! interruption skips it and redoes only unfinished shards; pruning is
+//! deterministic, so the result is byte-identical to an uninterrupted run.
+//! `sparsity.json` is written last and marks the output finished.
+//!
+//! Nothing outside the output is ever written (see [`super::fsutil`]): the
+//! output may not be, contain or share a file with the input or the
+//! statistics; it is a directory symprune created (or found empty), locked
+//! while a run writes it. Overwriting a finished output stages the new one
+//! in a sibling directory, swapped in when it is finished, so a failed or
+//! killed overwrite leaves the old output as it was (and rerun, resumes).
 //!
 //! Shard-parallel runs: a writer for one [`Part`] writes only its shards and
 //! keeps its own journal; [`finalize`] then finishes the output from the
 //! parts' journals, as a writer resuming every shard would.
 
+use super::fsutil::{self, is_temp, LockRange, OwnedDir, Protected, MARKER_FILE};
 use super::index::INDEX_FILE;
-use super::inspect::count_zeros;
+use super::journal::{is_journal, read_journals, Journal, Part};
 use super::manifest::{self, MANIFEST_FILE};
-use super::reader::{Checkpoint, TensorInfo};
+use super::reader::{Checkpoint, Shard, TensorInfo};
+use super::zeros::{count_zeros, ZeroCount};
 use crate::error::{Error, Result};
 use crate::rng::fnv1a64;
 use safetensors::Dtype;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Where the writer records finished shards (removed once the output is
-/// finished); a part of a shard-parallel run uses its own name, see [`Part`].
-pub const JOURNAL_FILE: &str = ".symprune-journal.json";
 
 /// Extensions of weight files that are not copied next to the pruned model:
 /// dense weights in another format would contradict the pruned ones.
@@ -59,100 +65,8 @@ pub struct WriterOptions {
     pub run_key: String,
     /// The shards this writer writes (all by default).
     pub part: Part,
-}
-
-/// One process's share of a shard-parallel run: shard `s` belongs to rank
-/// `s % world`. Each part writes its shards and its journal
-/// `.symprune-journal.<rank>-of-<world>.json`, and never removes another
-/// part's files; [`finalize`] finishes the output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Part {
-    pub rank: usize,
-    pub world: usize,
-}
-
-impl Default for Part {
-    fn default() -> Self {
-        Part { rank: 0, world: 1 }
-    }
-}
-
-impl Part {
-    pub fn new(rank: usize, world: usize) -> Result<Part> {
-        if rank >= world {
-            return Err(Error::invalid(
-                "rank",
-                format!("rank {rank} of world size {world}: need 0 <= rank < world size"),
-            ));
-        }
-        Ok(Part { rank, world })
-    }
-
-    /// Whether shard `s` is this part's to write.
-    pub fn owns(&self, s: usize) -> bool {
-        s % self.world == self.rank
-    }
-
-    fn is_whole(&self) -> bool {
-        self.world == 1
-    }
-
-    /// Whether a file of this name may be another part's work in progress
-    /// (its shards or temporary files), found in a shared output.
-    fn may_find(&self, input: &Checkpoint, name: &str) -> bool {
-        !self.is_whole()
-            && (is_temp(name)
-                || (input.shards.iter().enumerate())
-                    .any(|(s, shard)| shard.file == name && !self.owns(s)))
-    }
-
-    fn journal_file(&self) -> String {
-        if self.is_whole() {
-            JOURNAL_FILE.to_string()
-        } else {
-            format!(".symprune-journal.{}-of-{}.json", self.rank, self.world)
-        }
-    }
-}
-
-/// Exact zeros among a tensor's elements.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ZeroCount {
-    pub zeros: u64,
-    pub numel: u64,
-}
-
-impl ZeroCount {
-    pub fn sparsity(&self) -> f64 {
-        if self.numel == 0 {
-            0.0
-        } else {
-            self.zeros as f64 / self.numel as f64
-        }
-    }
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Journal {
-    input: String,
-    run: String,
-    /// Where the input is, for [`finalize`] (which is given only the output).
-    #[serde(default)]
-    input_dir: PathBuf,
-    #[serde(default)]
-    part: Part,
-    /// The manifest's run fields, recorded by a part when all its shards are done.
-    #[serde(default)]
-    manifest: Option<Map<String, Value>>,
-    /// Finished shards, each with the zero counts of the tensors written into it.
-    done: BTreeMap<String, BTreeMap<String, ZeroCount>>,
-}
-
-impl Journal {
-    /// Whether `other` records (part of) this same run: same input, same non-empty key.
-    fn continues(&self, other: &Journal) -> bool {
-        !other.run.is_empty() && other.input == self.input && other.run == self.run
-    }
+    /// The statistics file the run reads, which the output must not touch.
+    pub stats: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -187,11 +101,17 @@ pub struct FinishReport {
 #[derive(Debug)]
 pub struct CheckpointWriter {
     input: Arc<Checkpoint>,
+    /// The output directory (resolved), named in messages.
     out: PathBuf,
+    /// Where the files go: `out`, or the staging sibling of a finished `out`
+    /// that this run replaces.
+    dir: OwnedDir,
+    /// The finished output that `dir` replaces when finished, locked meanwhile.
+    replaces: Option<OwnedDir>,
     states: Vec<ShardState>,
     journal: Journal,
     bytes_written: u64,
-    /// The output still holds a previous run's files (see [`Self::new`]).
+    /// `dir` still holds a previous run's files (see [`Self::new`]).
     stale: bool,
     finished: bool,
 }
@@ -200,36 +120,37 @@ impl CheckpointWriter {
     /// Opens the input checkpoint and prepares `output_dir`: a fresh run, a
     /// resumed one (same input, same non-empty `run_key`), or an error when
     /// the directory holds something else and `overwrite` is off. With
-    /// `overwrite`, the old files are removed at this run's first write.
+    /// `overwrite`, a finished output is replaced when this run finishes, an
+    /// unfinished one's files are removed at this run's first write.
     pub fn create(input_dir: &Path, output_dir: &Path, opts: &WriterOptions) -> Result<Self> {
         Self::new(Arc::new(Checkpoint::open(input_dir)?), output_dir, opts)
     }
 
     /// [`create`](Self::create) for an input checkpoint already open.
     pub fn new(input: Arc<Checkpoint>, output_dir: &Path, opts: &WriterOptions) -> Result<Self> {
-        check_location(&input.dir, output_dir)?;
-        fs::create_dir_all(output_dir).map_err(Error::io(output_dir))?;
-        let out = output_dir.to_path_buf();
+        if output_dir.as_os_str().is_empty() {
+            return Err(Error::invalid(
+                "output",
+                "is an empty path; name the output directory (\".\" for the current one)",
+            ));
+        }
+        let mut protected = Protected::input(&input.dir)?;
+        if let Some(stats) = &opts.stats {
+            protected = protected.with_file(stats, "the statistics file");
+        }
+        let out = fsutil::resolve(output_dir);
+        protected.check_dir(&out)?;
         let part = opts.part;
+        let range = if part.is_whole() {
+            LockRange::Whole
+        } else {
+            LockRange::Part(part.rank)
+        };
+        let dest = OwnedDir::claim(&out, range)?;
+        protected.check_dir(&out)?; // what it holds, now that it surely exists
         let again =
             "pass overwrite (--overwrite) to replace it, or choose another output directory";
-
-        let mut journal = Journal {
-            input: fingerprint(&input)?,
-            run: opts.run_key.clone(),
-            input_dir: resolve(&input.dir),
-            part,
-            manifest: None,
-            done: BTreeMap::new(),
-        };
-        // The journals of this run (any part of it) are resumed; another run's are in the way.
-        let (same, other): (Vec<_>, Vec<_>) = read_journals(&out)?
-            .into_iter()
-            .partition(|(_, j)| j.as_ref().is_some_and(|j| journal.continues(j)));
-        // What a previous run left is removed only when this run first writes,
-        // so a run that fails before writing leaves the output as it was.
-        let mut stale = false;
-        if out.join(MANIFEST_FILE).exists() {
+        let (dir, replaces) = if out.join(MANIFEST_FILE).exists() {
             if !opts.overwrite {
                 return Err(Error::checkpoint(
                     &out,
@@ -238,6 +159,32 @@ impl CheckpointWriter {
                     ),
                 ));
             }
+            let staged = stage_beside(&out, range)?;
+            protected.check_dir(staged.path())?;
+            (staged, Some(dest))
+        } else {
+            (dest, None)
+        };
+        let target = dir.path().to_path_buf();
+
+        let mut journal = Journal {
+            input: fingerprint(&input)?,
+            run: opts.run_key.clone(),
+            input_dir: fsutil::resolve(&input.dir),
+            part,
+            manifest: None,
+            done: BTreeMap::new(),
+        };
+        // The journals of this run (any part of it) are resumed; another run's are in the way.
+        let (same, other): (Vec<_>, Vec<_>) = read_journals(&target)?
+            .into_iter()
+            .partition(|(_, j)| j.as_ref().is_some_and(|j| journal.continues(j)));
+        // What a previous run left is removed only when this run first writes,
+        // so a run that fails before writing leaves the output as it was.
+        let mut stale = false;
+        if target.join(MANIFEST_FILE).exists() {
+            // Only a staging directory can hold one here: an output replaced
+            // by an interrupted swap.
             stale = true;
         } else if !other.is_empty() {
             // Nothing finished yet means nothing to lose.
@@ -247,16 +194,15 @@ impl CheckpointWriter {
             if lost && !opts.overwrite {
                 return Err(Error::checkpoint(
                     &out,
-                    format!(
-                        "holds an interrupted run with other settings, of another input, \
-                         or without a run key; rerun the same command to resume it, or {again}"
-                    ),
+                    format!("{}; {again}", not_resumable(&other, &journal)),
                 ));
             }
             stale = true;
         } else if same.is_empty()
-            && holds_files(&out, &|name| {
-                part.may_find(&input, name) || (!part.is_whole() && is_journal(name))
+            && holds_files(&target, &|name| {
+                name == MARKER_FILE
+                    || part.may_find(&input, name)
+                    || (!part.is_whole() && is_journal(name))
             })?
         {
             if !opts.overwrite {
@@ -280,7 +226,7 @@ impl CheckpointWriter {
             }
             // A shard counts as finished only if it is in place, whole, with its header.
             match resumable.remove(&shard.file) {
-                Some(counts) if in_place(&out, shard) => {
+                Some(counts) if in_place(&target, shard) => {
                     journal.done.insert(shard.file.clone(), counts);
                     states.push(ShardState::Resumed);
                 }
@@ -290,6 +236,8 @@ impl CheckpointWriter {
         let writer = CheckpointWriter {
             input,
             out,
+            dir,
+            replaces,
             states,
             journal,
             bytes_written: 0,
@@ -297,7 +245,7 @@ impl CheckpointWriter {
             finished: false,
         };
         if !stale {
-            writer.save_journal()?;
+            writer.journal.save(writer.dir.path())?;
         }
         Ok(writer)
     }
@@ -388,7 +336,7 @@ impl CheckpointWriter {
             unreachable!("opened above")
         };
         let (done, zeros) = written.get(name).copied().unwrap_or_default();
-        if offset != done || offset + bytes.len() > info.nbytes() || bytes.len() % elem != 0 {
+        if offset != done || bytes.len() > info.nbytes() - done || bytes.len() % elem != 0 {
             return Err(Error::tensor(
                 &self.out,
                 name,
@@ -400,10 +348,10 @@ impl CheckpointWriter {
                 ),
             ));
         }
-        let tmp = temp_path(&self.out, &self.input.shards[s].file);
+        let tmp = fsutil::temp_path(self.dir.path(), &self.input.shards[s].file);
         let at = (file_offset + offset) as u64;
         file.write_all_at(bytes, at).map_err(Error::io(&tmp))?;
-        start_writeback(file, at, bytes.len() as u64);
+        fsutil::start_writeback(file, at, bytes.len() as u64);
         let part = count_zeros(info.dtype, bytes).unwrap_or(0);
         let count = ZeroCount {
             zeros: zeros.zeros + part,
@@ -424,7 +372,8 @@ impl CheckpointWriter {
         }
         self.open_shard(s)?;
         let shard = &self.input.shards[s];
-        let tmp = temp_path(&self.out, &shard.file);
+        let dir = self.dir.path();
+        let tmp = fsutil::temp_path(dir, &shard.file);
         let ShardState::Open { file, written } = &self.states[s] else {
             unreachable!("opened above")
         };
@@ -451,28 +400,27 @@ impl CheckpointWriter {
         let mut pos = 0usize;
         for (start, end) in covered.into_iter().chain([(shard.len(), shard.len())]) {
             if start > pos {
-                copy_range(shard.handle(), file, pos as u64, (start - pos) as u64)
+                fsutil::copy_range(shard.handle(), file, pos as u64, (start - pos) as u64)
                     .map_err(Error::io(&tmp))?;
-                start_writeback(file, pos as u64, (start - pos) as u64);
+                fsutil::start_writeback(file, pos as u64, (start - pos) as u64);
                 self.bytes_written += (start - pos) as u64;
             }
             pos = end;
         }
         file.sync_all().map_err(Error::io(&tmp))?;
-        let target = self.out.join(&shard.file);
-        fs::rename(&tmp, &target).map_err(Error::io(&target))?;
-        sync_dir(&self.out)?;
+        fsutil::commit(&tmp, &dir.join(&shard.file))?;
+        fsutil::sync_dir(dir)?;
         let counts = written.iter().map(|(n, (_, c))| (n.clone(), *c)).collect();
         self.journal.done.insert(shard.file.clone(), counts);
         self.states[s] = ShardState::Closed;
-        self.save_journal()
+        self.journal.save(dir)
     }
 
     /// Closes every shard, copies the non-weight files (config, tokenizer,
     /// ...), writes the index (if the input had one) and, last, `sparsity.json`
     /// from `run` (method, parameters, pattern, ...) and the achieved sparsity
-    /// of every written tensor. A part closes its own shards and records `run`
-    /// in its journal for [`finalize`].
+    /// of every written tensor; then a staged output replaces the old one. A
+    /// part closes its own shards and records `run` in its journal for [`finalize`].
     pub fn finish(mut self, run: &Map<String, Value>) -> Result<FinishReport> {
         self.claim_output()?;
         for s in 0..self.states.len() {
@@ -488,19 +436,29 @@ impl CheckpointWriter {
             .collect();
         let mut skipped_files = Vec::new();
         if self.journal.part.is_whole() {
-            skipped_files = self.copy_other_files()?;
+            let dir = self.dir.path().to_path_buf();
+            let mut files: Vec<String> = self.input.shards.iter().map(|s| s.file.clone()).collect();
+            let (copied, skipped) = self.copy_other_files()?;
+            files.extend(copied);
+            skipped_files = skipped;
             if let Some(index) = &self.input.index {
                 let total: usize = self.input.tensors().map(|(_, t)| t.nbytes()).sum();
-                self.write_atomic(INDEX_FILE, &index.render(total as u64))?;
+                let text = index.render(total as u64);
+                fsutil::write_atomic(&dir, INDEX_FILE, text.as_bytes())?;
+                files.push(INDEX_FILE.to_string());
             }
-            self.write_atomic(MANIFEST_FILE, &manifest::render(run, &tensors))?;
-            for (name, _) in read_journals(&self.out)? {
-                remove_if_present(&self.out.join(name))?;
+            files.sort();
+            let text = manifest::render(run, &tensors, &files);
+            fsutil::write_atomic(&dir, MANIFEST_FILE, text.as_bytes())?;
+            // The journals, and whatever a killed run or anyone else left at temporary names.
+            remove_own_files(&dir, &|name| !(is_journal(name) || is_temp(name)))?;
+            fsutil::sync_dir(&dir)?;
+            if let Some(old) = self.replaces.take() {
+                swap_in(&dir, old)?;
             }
-            sync_dir(&self.out)?;
         } else {
             self.journal.manifest = Some(run.clone());
-            self.save_journal()?;
+            self.journal.save(self.dir.path())?;
         }
         self.finished = true;
         Ok(FinishReport {
@@ -516,15 +474,11 @@ impl CheckpointWriter {
     }
 
     /// Copies the input's non-weight files (config, tokenizer, ...); returns
-    /// the names of those not copied.
-    fn copy_other_files(&mut self) -> Result<Vec<String>> {
-        let mut skipped_files = Vec::new();
-        let entries = fs::read_dir(&self.input.dir).map_err(Error::io(&self.input.dir))?;
-        let mut names: Vec<_> = entries
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect();
-        names.sort();
-        for name in names {
+    /// the names of those copied and of those not copied.
+    fn copy_other_files(&mut self) -> Result<(Vec<String>, Vec<String>)> {
+        let (mut copied, mut skipped) = (Vec::new(), Vec::new());
+        for name in fsutil::entries(&self.input.dir)? {
+            let name = name.to_string_lossy().into_owned();
             let src = self.input.dir.join(&name);
             let is_shard = self.input.shards.iter().any(|s| s.file == name);
             if name.starts_with('.') || is_shard || name == INDEX_FILE || name == MANIFEST_FILE {
@@ -535,13 +489,13 @@ impl CheckpointWriter {
                     .extension()
                     .is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e.to_string_lossy().as_ref()));
             if weights || !src.is_file() {
-                skipped_files.push(name);
+                skipped.push(name);
                 continue;
             }
-            let dst = self.out.join(&name);
-            self.bytes_written += fs::copy(&src, &dst).map_err(Error::io(&dst))?;
+            self.bytes_written += fsutil::copy_atomic(&src, self.dir.path(), &name)?;
+            copied.push(name);
         }
-        Ok(skipped_files)
+        Ok((copied, skipped))
     }
 
     /// The error for a write to shard `s`, which another part writes.
@@ -581,21 +535,23 @@ impl CheckpointWriter {
     /// be writing.
     fn claim_output(&mut self) -> Result<()> {
         if self.stale {
-            let same: Vec<String> = read_journals(&self.out)?
+            let dir = self.dir.path();
+            let same: Vec<String> = read_journals(dir)?
                 .into_iter()
                 .filter(|(_, j)| j.as_ref().is_some_and(|j| self.journal.continues(j)))
                 .map(|(name, _)| name)
                 .collect();
             let part = self.journal.part;
             let keep = |name: &str| {
-                same.iter().any(|n| n == name)
+                name == MARKER_FILE
+                    || same.iter().any(|n| n == name)
                     || part.may_find(&self.input, name)
                     || (self.input.shards.iter().zip(&self.states)).any(|(shard, state)| {
                         shard.file == name && matches!(state, ShardState::Resumed)
                     })
             };
-            clear_output(&self.out, &keep)?;
-            self.save_journal()?;
+            remove_own_files(dir, &keep)?;
+            self.journal.save(dir)?;
             self.stale = false;
         }
         Ok(())
@@ -605,8 +561,7 @@ impl CheckpointWriter {
         self.claim_output()?;
         if matches!(self.states[s], ShardState::Pending) {
             let shard = &self.input.shards[s];
-            let tmp = temp_path(&self.out, &shard.file);
-            let file = File::create(&tmp).map_err(Error::io(&tmp))?;
+            let (tmp, file) = fsutil::create_temp(self.dir.path(), &shard.file)?;
             file.set_len(shard.len() as u64).map_err(Error::io(&tmp))?;
             self.states[s] = ShardState::Open {
                 file,
@@ -614,22 +569,6 @@ impl CheckpointWriter {
             };
         }
         Ok(())
-    }
-
-    fn save_journal(&self) -> Result<()> {
-        let text = serde_json::to_string(&self.journal).expect("JSON");
-        self.write_atomic(&self.journal.part.journal_file(), &text)
-    }
-
-    /// Writes a small file through a temporary name, so it is whole or absent.
-    fn write_atomic(&self, name: &str, text: &str) -> Result<()> {
-        let tmp = temp_path(&self.out, name);
-        let target = self.out.join(name);
-        let file = File::create(&tmp).map_err(Error::io(&tmp))?;
-        file.write_all_at(text.as_bytes(), 0)
-            .and_then(|_| file.sync_all())
-            .map_err(Error::io(&tmp))?;
-        fs::rename(&tmp, &target).map_err(Error::io(&target))
     }
 }
 
@@ -640,8 +579,15 @@ impl Drop for CheckpointWriter {
         }
         for (s, state) in self.states.iter().enumerate() {
             if matches!(state, ShardState::Open { .. }) {
-                let _ = fs::remove_file(temp_path(&self.out, &self.input.shards[s].file));
+                let tmp = fsutil::temp_path(self.dir.path(), &self.input.shards[s].file);
+                let _ = fsutil::remove_entry(&tmp);
             }
+        }
+        // A staged overwrite that finished no shard leaves nothing to resume.
+        let nothing_staged = self.journal.done.is_empty() && !self.stale;
+        if self.replaces.is_some() && self.journal.part.is_whole() && nothing_staged {
+            let _ = remove_own_files(self.dir.path(), &|_| false);
+            let _ = fs::remove_dir(self.dir.path());
         }
     }
 }
@@ -651,22 +597,26 @@ impl Drop for CheckpointWriter {
 /// copies the non-weight files and writes the index and `sparsity.json`
 /// from the run fields the parts recorded.
 pub fn finalize(output: &Path) -> Result<FinishReport> {
-    if output.join(MANIFEST_FILE).exists() {
+    let out = fsutil::resolve(output);
+    // Parts that overwrite a finished output write beside it.
+    let replacing = out.join(MANIFEST_FILE).exists();
+    let dir = if replacing { staging_path(&out) } else { out };
+    let journals = if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        read_journals(&dir)?
+    } else {
+        Vec::new()
+    };
+    if replacing && journals.is_empty() {
         return Err(Error::checkpoint(
             output,
             format!("is already finished ({MANIFEST_FILE})"),
         ));
     }
-    let journals = if output.is_dir() {
-        read_journals(output)?
-    } else {
-        Vec::new()
-    };
     let mut parts = Vec::with_capacity(journals.len());
     for (name, journal) in journals {
         parts.push(journal.ok_or_else(|| {
             Error::checkpoint(
-                output.join(&name),
+                dir.join(&name),
                 "is not a journal this version can read; rerun every rank with --overwrite",
             )
         })?);
@@ -683,9 +633,9 @@ pub fn finalize(output: &Path) -> Result<FinishReport> {
     };
     let first = &parts[0];
     let opts = WriterOptions {
-        overwrite: false,
+        overwrite: replacing,
         run_key: first.run.clone(),
-        part: Part::default(),
+        ..WriterOptions::default()
     };
     let writer = CheckpointWriter::create(&first.input_dir, output, &opts)?;
     let missing: Vec<String> = writer
@@ -710,167 +660,162 @@ pub fn finalize(output: &Path) -> Result<FinishReport> {
     writer.finish(&run)
 }
 
-/// The journals in `out` (name, contents; `None` when unreadable), by name.
-fn read_journals(out: &Path) -> Result<Vec<(String, Option<Journal>)>> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(out).map_err(Error::io(out))? {
-        let name = entry.map_err(Error::io(out))?.file_name();
-        let name = name.to_string_lossy();
-        if is_journal(&name) {
-            let journal = fs::read(out.join(&*name))
-                .ok()
-                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-            found.push((name.into_owned(), journal));
-        }
+/// Where an overwrite of the finished output `out` is staged: beside it, so
+/// that it can be swapped in by a rename.
+fn staging_path(out: &Path) -> PathBuf {
+    sibling(out, "symprune-staging")
+}
+
+fn sibling(out: &Path, tag: &str) -> PathBuf {
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    out.with_file_name(format!(".{name}.{tag}"))
+}
+
+/// Claims the staging directory of the finished output `out`, once sure that
+/// swapping it in will remove nothing symprune did not write.
+fn stage_beside(out: &Path, range: LockRange) -> Result<OwnedDir> {
+    let foreign = foreign_files(out)?;
+    if !foreign.is_empty() {
+        return Err(Error::checkpoint(
+            out,
+            format!(
+                "holds {}, which symprune did not write; overwrite replaces only symprune's own \
+                 output, so move them elsewhere first, or choose another output directory",
+                fsutil::some_names(&foreign)
+            ),
+        ));
     }
-    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let stage = staging_path(out);
+    let parent = out.parent().unwrap_or(out);
+    let device = |p: &Path| fs::metadata(p).map(|m| m.dev()).map_err(Error::io(p));
+    if device(out)? != device(parent)? {
+        return Err(Error::checkpoint(
+            out,
+            format!(
+                "is a mount point, so its replacement cannot be staged beside it ({}) and \
+                 swapped in; write into a new directory inside it instead",
+                stage.display()
+            ),
+        ));
+    }
+    if fs::symlink_metadata(&stage).is_ok_and(|m| m.file_type().is_symlink()) {
+        fsutil::remove_entry(&stage)?; // planted; never followed
+    }
+    OwnedDir::claim(&stage, range)
+}
+
+/// Swaps the finished staging directory `staged` in for the output `old`
+/// replaces, then removes the replaced output's files (now at `staged`).
+fn swap_in(staged: &Path, old: OwnedDir) -> Result<()> {
+    let out = old.path();
+    let parent = out.parent().unwrap_or(out);
+    fsutil::exchange(staged, out, &sibling(out, "symprune-old"))?;
+    fsutil::sync_dir(parent)?;
+    remove_own_files(staged, &|_| false)?;
+    // Left in place if someone put a file into the old output meanwhile.
+    let _ = fs::remove_dir(staged);
+    fsutil::sync_dir(parent)
+}
+
+/// The files `sparsity.json` lists as written; `None` without one.
+fn listed_files(dir: &Path) -> Option<BTreeSet<String>> {
+    let mut text = Vec::new();
+    fsutil::open_nofollow(&dir.join(MANIFEST_FILE))
+        .and_then(|mut f| f.read_to_end(&mut text))
+        .ok()?;
+    let manifest: Value = serde_json::from_slice(&text).unwrap_or_default();
+    let files = manifest["files"].as_array().cloned().unwrap_or_default();
+    Some(
+        files
+            .iter()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect(),
+    )
+}
+
+/// Whether `name` in an output directory is symprune's: its bookkeeping, and
+/// the files its manifest lists (or, unfinished, any shard).
+fn is_own(name: &str, listed: &Option<BTreeSet<String>>) -> bool {
+    name == MARKER_FILE
+        || name == MANIFEST_FILE
+        || name == INDEX_FILE
+        || is_journal(name)
+        || is_temp(name)
+        || match listed {
+            Some(files) => files.contains(name),
+            None => name.ends_with(".safetensors"),
+        }
+}
+
+/// The entries of the finished output `dir` that symprune did not write.
+fn foreign_files(dir: &Path) -> Result<Vec<OsString>> {
+    let listed = listed_files(dir);
+    let mut found = fsutil::entries(dir)?;
+    found.retain(|n| !n.to_str().is_some_and(|n| is_own(n, &listed)));
     Ok(found)
 }
 
-fn is_journal(name: &str) -> bool {
-    name.starts_with(".symprune-journal.") && name.ends_with(".json")
+/// Removes symprune's own files from `dir` (see [`is_own`]) except what
+/// `keep` names; links are removed, never followed, and folders stay.
+fn remove_own_files(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> {
+    let listed = listed_files(dir);
+    // The marker goes last: until then the directory is recognizably symprune's.
+    let mut names: Vec<String> = fsutil::entries(dir)?
+        .into_iter()
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| is_own(n, &listed) && !keep(n))
+        .collect();
+    names.sort_by_key(|n| n == MARKER_FILE);
+    for name in names {
+        let path = dir.join(&name);
+        if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            fsutil::remove_entry(&path)?;
+        }
+    }
+    Ok(())
 }
 
-fn is_temp(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(".tmp")
+/// Why the other runs' journals cannot be resumed by `this` one.
+fn not_resumable(other: &[(String, Option<Journal>)], this: &Journal) -> String {
+    let journals: Vec<&Journal> = other.iter().filter_map(|(_, j)| j.as_ref()).collect();
+    if journals.len() < other.len() {
+        "holds an interrupted run whose journal this version cannot read".into()
+    } else if journals.iter().any(|j| j.run.is_empty()) {
+        "holds an interrupted run written without a run key, which cannot be resumed (the \
+         layer-by-layer pipeline writes so: it recomputes every layer anyway)"
+            .into()
+    } else if journals.iter().any(|j| j.input != this.input) {
+        "holds an interrupted run of another input (or of this one before it changed)".into()
+    } else {
+        "holds an interrupted run with other settings; rerun that command to resume it".into()
+    }
 }
 
-/// Whether `shard` is in `out`, whole, with its header.
-fn in_place(out: &Path, shard: &super::reader::Shard) -> bool {
+/// Whether `shard` is in `dir`, whole, with its header (a link does not count).
+fn in_place(dir: &Path, shard: &Shard) -> bool {
     let mut head = vec![0u8; shard.header.data_start];
-    File::open(out.join(&shard.file))
+    fsutil::open_nofollow(&dir.join(&shard.file))
         .and_then(|f| {
-            let same_len = f.metadata()?.len() == shard.len() as u64;
+            let meta = f.metadata()?;
+            let whole = meta.is_file() && meta.len() == shard.len() as u64;
             f.read_exact_at(&mut head, 0)?;
-            Ok(same_len && head == shard.header_bytes())
+            Ok(whole && head == shard.header_bytes())
         })
         .unwrap_or(false)
 }
 
-/// Whether `out` holds files other than those `expected`.
-fn holds_files(out: &Path, expected: &dyn Fn(&str) -> bool) -> Result<bool> {
-    for entry in fs::read_dir(out).map_err(Error::io(out))? {
-        let name = entry.map_err(Error::io(out))?.file_name();
-        if !expected(&name.to_string_lossy()) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// Removes a file; one already gone (another part removed it) is fine.
-fn remove_if_present(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path)(e)),
-        _ => Ok(()),
-    }
-}
-
-fn temp_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!(".{name}.tmp"))
-}
-
-/// `len` bytes at `start` from `src` to the same place in `dst`, copied by
-/// the kernel (`copy_file_range`) where it can.
-fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<()> {
-    let (mut reader, mut writer) = (src, dst);
-    reader.seek(SeekFrom::Start(start))?;
-    writer.seek(SeekFrom::Start(start))?;
-    let copied = std::io::copy(&mut reader.take(len), &mut writer)?;
-    if copied != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("the input ended after {copied} of {len} bytes (was it truncated?)"),
-        ));
-    }
-    Ok(())
-}
-
-/// Starts writing a range to disk without waiting for it, so that the fsync
-/// closing the shard finds little left to do while pruning goes on.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: an open descriptor; the call only schedules I/O, and a failure
-    // just leaves the work to the fsync.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &File, _: u64, _: u64) {}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io(dir))
-}
-
-/// The absolute form of a path that may not exist yet.
-fn resolve(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut existing = absolute.as_path();
-    let mut rest = Vec::new();
-    while existing.canonicalize().is_err() {
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                existing = parent;
-            }
-            _ => return absolute,
-        }
-    }
-    let mut out = existing.canonicalize().expect("checked above");
-    out.extend(rest.iter().rev());
-    out
-}
-
-fn check_location(input: &Path, output: &Path) -> Result<()> {
-    let (input, output) = (resolve(input), resolve(output));
-    if output.starts_with(&input) {
-        return Err(Error::checkpoint(
-            &output,
-            format!(
-                "is the input directory {} or inside it; the input is never modified, choose \
-                 an output directory outside it",
-                input.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Removes what a previous run left (weights, index, manifest, journals, temp
-/// files) except what `keep` names.
-fn clear_output(out: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> {
-    for entry in fs::read_dir(out).map_err(Error::io(out))? {
-        let path = entry.map_err(Error::io(out))?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let ours = name.ends_with(".safetensors")
-            || name == INDEX_FILE
-            || name == MANIFEST_FILE
-            || is_journal(&name)
-            || is_temp(&name);
-        if ours && !keep(&name) && path.is_file() {
-            remove_if_present(&path)?;
-        }
-    }
-    Ok(())
+/// Whether `dir` holds files other than those `expected`.
+fn holds_files(dir: &Path, expected: &dyn Fn(&str) -> bool) -> Result<bool> {
+    Ok(fsutil::entries(dir)?
+        .iter()
+        .any(|name| !expected(&name.to_string_lossy())))
 }
 
 /// Identifies the input: shard names, sizes, modification times and headers.
 fn fingerprint(input: &Checkpoint) -> Result<String> {
     let mut text = Vec::new();
     for shard in &input.shards {
+        shard.check_intact()?;
         let meta = shard.handle().metadata().map_err(Error::io(&shard.path))?;
         let mtime = meta
             .modified()
@@ -886,55 +831,141 @@ fn fingerprint(input: &Checkpoint) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::journal::JOURNAL_FILE;
     use crate::checkpoint::prune::tests::checkpoint;
+
+    fn open(input: &Path, out: &Path, key: &str, overwrite: bool) -> Result<CheckpointWriter> {
+        let opts = WriterOptions {
+            overwrite,
+            run_key: key.into(),
+            ..WriterOptions::default()
+        };
+        CheckpointWriter::create(input, out, &opts)
+    }
 
     #[test]
     fn resumes_only_with_the_same_nonempty_key() {
         let tmp = tempfile::tempdir().unwrap();
         let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
         checkpoint(&input);
-        let open = |key: &str, overwrite| {
-            let opts = WriterOptions {
-                overwrite,
-                run_key: key.into(),
-                ..WriterOptions::default()
-            };
-            CheckpointWriter::create(&input, &out, &opts)
-        };
         for key in ["", "k"] {
-            let mut w = open(key, true).unwrap();
+            let mut w = open(&input, &out, key, true).unwrap();
             w.close_shard(0).unwrap();
             w.abort();
             assert!(out.join(JOURNAL_FILE).exists());
-            match open(key, false) {
+            match open(&input, &out, key, false) {
                 Ok(w) => assert!(!key.is_empty() && w.is_resumed(0) && !w.is_resumed(1)),
                 Err(e) => assert!(key.is_empty() && e.to_string().contains("without a run key")),
             }
         }
-        let e = open("other", false).unwrap_err().to_string();
+        let e = open(&input, &out, "other", false).unwrap_err().to_string();
         assert!(e.contains("interrupted run with other settings"), "{e}");
     }
 
     #[test]
-    fn overwrite_clears_the_old_output_only_when_writing() {
+    fn overwrite_stages_beside_a_finished_output_and_swaps_it_in() {
         let tmp = tempfile::tempdir().unwrap();
         let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
         checkpoint(&input);
-        let opts = WriterOptions {
-            overwrite: true,
-            ..WriterOptions::default()
-        };
-        CheckpointWriter::create(&input, &out, &opts)
+        open(&input, &out, "a", false)
             .unwrap()
             .finish(&Map::new())
             .unwrap();
-        let finished = out.join(MANIFEST_FILE);
-        CheckpointWriter::create(&input, &out, &opts)
-            .unwrap()
-            .abort();
-        assert!(finished.exists() && !out.join(JOURNAL_FILE).exists());
-        let mut w = CheckpointWriter::create(&input, &out, &opts).unwrap();
+        let finished = fs::read(out.join(MANIFEST_FILE)).unwrap();
+        let stage = staging_path(&out);
+        // A run that writes nothing leaves nothing beside it.
+        open(&input, &out, "b", true).unwrap().abort();
+        assert!(!stage.exists());
+        // A run that fails midway leaves the finished output as it was.
+        let mut w = open(&input, &out, "b", true).unwrap();
+        let e = open(&input, &out, "b", true).unwrap_err().to_string();
+        assert!(e.contains("another symprune run is writing"), "{e}");
         w.close_shard(1).unwrap();
-        assert!(!finished.exists() && out.join(JOURNAL_FILE).exists());
+        w.abort();
+        assert_eq!(fs::read(out.join(MANIFEST_FILE)).unwrap(), finished);
+        assert!(stage.join(JOURNAL_FILE).exists());
+        // The rerun resumes the staged shard, then swaps.
+        let w = open(&input, &out, "b", true).unwrap();
+        assert!(w.is_resumed(1) && !w.is_resumed(0));
+        w.finish(&Map::new()).unwrap();
+        assert!(!stage.exists() && !tmp.path().join(".out.symprune-old").exists());
+        let manifest: Value =
+            serde_json::from_slice(&fs::read(out.join(MANIFEST_FILE)).unwrap()).unwrap();
+        assert_eq!(
+            manifest["files"],
+            serde_json::json!([
+                "config.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+                INDEX_FILE
+            ])
+        );
+        // A file symprune did not write is never removed.
+        fs::write(out.join("notes.txt"), "mine").unwrap();
+        let e = open(&input, &out, "c", true).unwrap_err().to_string();
+        assert!(
+            e.contains("holds notes.txt, which symprune did not write"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn links_planted_in_the_output_are_replaced_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
+        checkpoint(&input);
+        let victim = tmp.path().join("victim.json");
+        fs::write(&victim, "keep").unwrap();
+        let mut w = open(&input, &out, "k", false).unwrap();
+        w.close_shard(0).unwrap();
+        w.abort();
+        let link = |target: &Path, name: &str| {
+            std::os::unix::fs::symlink(target, out.join(name)).unwrap();
+        };
+        link(&victim, "config.json");
+        let nowhere = tmp.path().join("nowhere");
+        for name in [
+            ".config.json.tmp",
+            ".model-00002-of-00002.safetensors.tmp",
+            ".sparsity.json.tmp",
+            ".model.safetensors.index.json.tmp",
+            ".symprune-journal.json.tmp",
+        ] {
+            link(&nowhere, name);
+        }
+        open(&input, &out, "k", false)
+            .unwrap()
+            .finish(&Map::new())
+            .unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(!nowhere.exists());
+        assert!(!fs::symlink_metadata(out.join("config.json"))
+            .unwrap()
+            .is_symlink());
+        Checkpoint::open(&out).unwrap();
+    }
+
+    #[test]
+    fn an_output_sharing_a_file_with_the_input_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
+        checkpoint(&input);
+        // `cp -al in out`, marker and all: still refused, with overwrite too.
+        fs::create_dir(&out).unwrap();
+        for name in fsutil::entries(&input).unwrap() {
+            fs::hard_link(input.join(&name), out.join(&name)).unwrap();
+        }
+        fs::write(out.join(MARKER_FILE), "").unwrap();
+        for overwrite in [false, true] {
+            let e = open(&input, &out, "k", overwrite).unwrap_err().to_string();
+            assert!(
+                e.contains("(a hard link: the same device and inode)"),
+                "{e}"
+            );
+        }
+        let e = open(&input, Path::new(""), "k", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("output: is an empty path"), "{e}");
     }
 }

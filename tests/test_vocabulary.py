@@ -20,32 +20,28 @@ from symprune.checkpoint import prune_checkpoint, read_manifest
 from symprune.cli import main
 from symprune.pipeline import prune_streamed
 from symprune.spec import METHODS, REFINERS, VOCABULARY, Calibration, PruneSpec
+from symprune.spec import selection_rule as spec_selection
 
 # Everything the engines write about a run, apart from how it was calibrated.
 RUN_FIELDS = ("method", "parameters", "pattern", "sparsity", "refine", "refine_parameters")
 
 
 @pytest.fixture(scope="module")
-def moe(tmp_path_factory, smollm2_dir) -> Path:
-    """A tiny Qwen2-MoE: attention, shared-expert MLP, fused experts, a router
-    (``mlp.gate``) and the shared expert's gate (``mlp.shared_expert_gate``, a Linear)."""
-    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
+def tiny(tmp_path_factory, smollm2_dir) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer, as transformers saves it."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = Qwen2MoeConfig(
-        vocab_size=49152,  # SmolLM2's tokenizer
+    config = LlamaConfig(
+        vocab_size=49152,
         hidden_size=32,
         intermediate_size=64,
-        moe_intermediate_size=16,
-        shared_expert_intermediate_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        num_experts=4,
-        num_experts_per_tok=2,
         max_position_embeddings=256,
     )
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("moe")
+    folder = tmp_path_factory.mktemp("tiny")
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     for f in smollm2_dir.iterdir():
         if f.name.startswith("tokenizer"):
@@ -72,31 +68,52 @@ def tensors(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("targets", [None, "q_proj"])
-def test_both_engines_select_the_same_tensors_and_write_the_same_run(moe, calib, tmp_path, targets):
+def test_both_engines_select_the_same_tensors_and_write_the_same_run(
+    tiny, calib, tmp_path, targets
+):
     spec = PruneSpec(method="magnitude", sparsity=0.5, targets=targets)
     rust, streamed = tmp_path / "rust", tmp_path / "streamed"
-    prune_checkpoint(moe, rust, spec)
-    prune_streamed(moe, streamed, spec, calib, device="cpu", progress=False)
+    prune_checkpoint(tiny, rust, spec)
+    prune_streamed(tiny, streamed, spec, calib, device="cpu", progress=False)
     a, b = read_manifest(rust), read_manifest(streamed)
     assert {k: a[k] for k in RUN_FIELDS} == {k: b[k] for k in RUN_FIELDS}
     assert a["selection"] == b["selection"]
     assert set(a["tensors"]) == set(b["tensors"])
     chosen = set(a["tensors"])
-    assert not any("gate.weight" in n and "gate_proj" not in n for n in chosen), chosen
     if targets:
         assert chosen == {f"model.layers.{i}.self_attn.q_proj.weight" for i in range(2)}
     else:
-        assert len(chosen) == 2 * 7  # q, k, v, o and the shared expert's three
+        assert len(chosen) == 2 * 7  # q, k, v, o, gate, up, down
     assert tensors(rust) == tensors(streamed)  # magnitude: the same masks, byte for byte
 
 
-def test_unknown_parameters_are_errors_on_both_paths(moe, tmp_path):
+def test_the_one_selection_rule_skips_moe_routers():
+    """Both engines ask this rule (the pipeline per linear module, the Rust engine per
+    tensor): MoE routers and shared-expert gates are never pruned by default."""
+    rule = spec_selection()
+    kept = [
+        "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.3.mlp.shared_expert.up_proj.weight",
+    ]
+    skipped = [
+        "model.layers.0.mlp.gate.weight",  # Mixtral / Qwen2-MoE router
+        "model.layers.0.mlp.shared_expert_gate.weight",  # Qwen2-MoE
+        "model.layers.0.block_sparse_moe.router.weight",
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+    ]
+    assert all(rule.selects(n, [8, 8], "BF16") for n in kept)
+    assert not any(rule.selects(n, [8, 8], "BF16") for n in skipped)
+    assert not rule.selects(kept[0], [8, 0], "BF16")  # nothing to score
+
+
+def test_unknown_parameters_are_errors_on_both_paths(tiny, tmp_path):
     stats = tmp_path / "stats.safetensors"
     for kwargs in ({"stats": stats}, {}):
         with pytest.raises(InvalidInputError, match="wanda: unknown parameter a; wanda takes"):
-            api.prune(moe, tmp_path / "o", method="wanda", params={"a": 0.5}, **kwargs)
+            api.prune(tiny, tmp_path / "o", method="wanda", params={"a": 0.5}, **kwargs)
     with pytest.raises(InvalidInputError, match="unknown parameter alpha; dsnot takes"):
-        api.prune(moe, tmp_path / "o", refine="dsnot", refine_params={"alpha": 1.0})
+        api.prune(tiny, tmp_path / "o", refine="dsnot", refine_params={"alpha": 1.0})
     with pytest.raises(InvalidInputError, match="gamma given without a refinement"):
         PruneSpec(refine_params={"gamma": 1.0})
     assert not (tmp_path / "o").exists()
@@ -125,7 +142,7 @@ def test_lp_ria_is_not_ria(smollm2_linears):
     w = smollm2_linears["model.layers.7.mlp.down_proj.weight"]
     in_sq = np.linspace(0.5, 2.0, w.shape[1], dtype=np.float32)
     lp, ria = ops.mask(ops.lp_ria(w, in_sq), 0.5), ops.mask(ops.ria(w, in_sq), 0.5)
-    assert (lp != ria).mean() > 0.01
+    assert (lp != ria).sum() > 1000  # of 884,736 entries
     assert np.array_equal(ops.mask(ops.lp_ria(w, in_sq, p=1.0), 0.5), ria)
     assert PruneSpec(method="lp-ria").effective_params["p"] == 2.0
 
@@ -172,6 +189,7 @@ def _stub_signatures() -> dict[str, list[str]]:
         if isinstance(node, ast.FunctionDef):
             out[node.name] = names(node, False)
         elif isinstance(node, ast.ClassDef):
+            out.setdefault(node.name, [])
             for item in node.body:
                 if isinstance(item, ast.FunctionDef) and not item.decorator_list:
                     key = node.name if item.name == "__init__" else f"{node.name}.{item.name}"
@@ -185,7 +203,8 @@ def test_the_stubs_match_the_compiled_module():
         obj = _core
         for part in key.split("."):
             obj = getattr(obj, part)
-        got = [p for p in inspect.signature(obj).parameters if p != "self"]
-        assert got == params, key
+        if params or not isinstance(obj, type):  # a class without __init__ in the stub
+            got = [p for p in inspect.signature(obj).parameters if p != "self"]
+            assert got == params, key
     compiled = {n for n in dir(_core) if not n.startswith("_") and callable(getattr(_core, n))}
     assert compiled <= {k.split(".")[0] for k in stubs}, compiled - set(stubs)

@@ -1,7 +1,7 @@
 """DSnoT / R²-DSnoT perplexity on SmolLM2-135M (issue 5): the comparison, an ablation, the noise.
 
 Every cell is one ``symprune.prune`` of the built-in model (layer by layer on the
-CPU) followed by ``symprune.evaluate.perplexity`` on the built-in test split; the
+CPU) followed by ``symprune.evaluation.perplexity`` on the built-in test split; the
 pruned output is deleted right after. Each cell's result is cached as JSON under
 ``--out/cells`` (keyed by everything that defines it), so an interrupted run resumes
 and a rerun only prints. Three groups of cells:
@@ -118,7 +118,7 @@ def run_cell(
     if path.exists():
         return json.loads(path.read_text())
     import symprune
-    from symprune.evaluate import perplexity
+    from symprune.evaluation.perplexity import perplexity
 
     name, params = REFINEMENTS[refine]
     target = {"pattern": "2:4"} if pattern == "2:4" else {"sparsity": float(pattern[:-1]) / 100}
@@ -172,7 +172,7 @@ def dense_ppl(cfg: dict[str, Any], cells: Path) -> float:
     path = cells / f"dense-{cfg['eval_seqlen']}-{cfg['eval_windows']}.json"
     if path.exists():
         return json.loads(path.read_text())["ppl"]
-    from symprune.evaluate import perplexity
+    from symprune.evaluation.perplexity import perplexity
 
     ppl = perplexity(None, seqlen=cfg["eval_seqlen"], max_windows=cfg["eval_windows"], device="cpu")
     path.write_text(json.dumps({"ppl": ppl, **cfg}) + "\n")

@@ -1,6 +1,6 @@
 """Data-parallel calibration: 2 gloo ranks vs 1 process, and what the ranks all-reduce.
 
-Runs ``symprune.pipeline.calibrate_streamed`` (the dense statistics of every
+Runs ``symprune.calibration.pipeline.calibrate_streamed`` (the dense statistics of every
 linear, layer by layer, methods.md §2) on the built-in SmolLM2-135M:
 
 - one process with 2 torch threads (the machine's 2 cores), and with 1 for scale;
@@ -36,11 +36,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from symprune import data, distributed
-from symprune.calibrate import linear_modules
-from symprune.pipeline import calibrate_streamed, calibration_ids
+from symprune import data
+from symprune.calibration import distributed
+from symprune.calibration.pipeline import calibrate_streamed, calibration_ids
+from symprune.calibration.stats import linear_modules
+from symprune.calibration.streaming import StreamedModel
 from symprune.spec import Calibration
-from symprune.streaming import StreamedModel
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -35,7 +35,7 @@ if args["mode"] == "streamed":
 elif args["mode"] == "whole":
     from transformers import AutoModelForCausalLM
     from symprune import data, ops
-    from symprune.pipeline import calibration_ids
+    from symprune.calibration.pipeline import calibration_ids
     from symprune.spec import Calibration
     model = AutoModelForCausalLM.from_pretrained(args["model"]).to(args["device"]).eval()
     ids = calibration_ids(args["model"], Calibration(source=args["calib"],
@@ -77,7 +77,7 @@ elif args["mode"] == "calib":
                        calibration=args["calib"], progress=False)
 elif args["mode"] == "forward":
     from transformers import AutoModelForCausalLM
-    from symprune.pipeline import calibration_ids
+    from symprune.calibration.pipeline import calibration_ids
     from symprune.spec import Calibration
     model = AutoModelForCausalLM.from_pretrained(args["model"]).to(args["device"]).eval()
     ids = calibration_ids(args["model"], Calibration(source=args["calib"],

@@ -159,7 +159,7 @@ def test_prune_and_inspect(tiny, tmp_path):
     )
     one_line_error(cli("prune", tiny, tmp_path / "o3", "--pattern", "3:3"), '"3:3" is not N:M')
     one_line_error(cli("prune", tiny, tmp_path / "o4", "--sparsity", "1.5"), "sparsity")
-    one_line_error(cli("prune", tmp_path / "nowhere", tmp_path / "o5"), "is not a directory")
+    one_line_error(cli("prune", tmp_path / "nowhere", tmp_path / "o5"), "nowhere: no such folder")
     # A failed --overwrite run keeps the finished output; a good one replaces it.
     one_line_error(cli("prune", tiny, out, "--overwrite", "--seqlen", "4096"), "seqlen 4096")
     assert (out / "sparsity.json").is_file()

@@ -29,12 +29,13 @@ import pytest
 import torch
 
 from reference.checkpoints import tiny_llama, tree_digest
-from symprune import api, checkpoint, data, distributed
-from symprune.calibrate import LinearStats
+from symprune import api, checkpoint, data
+from symprune.calibration import distributed
+from symprune.calibration.pipeline import Report, prune_streamed
+from symprune.calibration.stats import LinearStats
+from symprune.calibration.streaming import StreamedModel
 from symprune.errors import CheckpointError, InvalidInputError
-from symprune.pipeline import Report, prune_streamed
 from symprune.spec import Calibration, PruneSpec
-from symprune.streaming import StreamedModel
 
 # name -> (method, batch size, targets); every case: 4 windows of 64 tokens.
 # Batch 1 splits the windows so that the ranks sum them in another order than

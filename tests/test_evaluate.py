@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from symprune import cli, data
 from symprune.errors import InvalidInputError, SymPruneError
-from symprune.evaluate import EvalResult, perplexity, zero_shot
+from symprune.evaluation import EvalResult
+from symprune.evaluation.perplexity import perplexity
+from symprune.evaluation.zero_shot import zero_shot
 
 SEQLEN, WINDOWS = 256, 3
 

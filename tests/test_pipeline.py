@@ -10,7 +10,7 @@ import torch
 
 from reference.sequential import sequential_masks
 from symprune import data
-from symprune.pipeline import calibration_ids, prune_streamed
+from symprune.calibration.pipeline import calibration_ids, prune_streamed
 from symprune.spec import Calibration, PruneSpec
 
 TINY = dict(hidden=64, inter=128, layers=2, heads=4, kv=2)

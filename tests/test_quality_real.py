@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import symprune
-from symprune.evaluate import perplexity
+from symprune.evaluation.perplexity import perplexity
 
 pytestmark = pytest.mark.real
 

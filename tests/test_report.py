@@ -106,7 +106,7 @@ def test_report_writes_table_and_plots_then_reuses_the_cache(tiny, tmp_path, cap
         raise AssertionError("a cached cell was recomputed")
 
     monkeypatch.setattr("symprune.api.prune", fail)
-    monkeypatch.setattr("symprune.evaluate.perplexity", fail)
+    monkeypatch.setattr("symprune.evaluation.perplexity.perplexity", fail)
     messages: list[str] = []
     again = report.run_report(
         out,

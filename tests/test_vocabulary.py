@@ -16,9 +16,9 @@ import torch
 from safetensors import safe_open
 
 from symprune import InvalidInputError, _core, api, ops
+from symprune.calibration.pipeline import prune_streamed
 from symprune.checkpoint import prune_checkpoint, read_manifest
 from symprune.cli import main
-from symprune.pipeline import prune_streamed
 from symprune.spec import METHODS, REFINERS, VOCABULARY, Calibration, PruneSpec
 from symprune.spec import selection_rule as spec_selection
 

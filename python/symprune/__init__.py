@@ -16,7 +16,7 @@ from symprune.errors import (
 
 # The model-level API needs torch and transformers; import it on first use so
 # that `symprune.ops` and the checkpoint tools stay light.
-_LAZY = {"prune": "api", "calibrate": "api", "perplexity": "evaluate"}
+_LAZY = {"prune": "api", "calibrate": "api", "perplexity": "evaluation.perplexity"}
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ cheapest faithful path:
 - data-aware methods calibrate and prune layer by layer (methods.md §8),
   streaming the layers from the shards, on the GPU when there is one.
 
-Under ``torchrun`` both scale out (see :mod:`symprune.distributed`): data-aware
+Under ``torchrun`` both scale out (see :mod:`symprune.calibration.distributed`): data-aware
 methods calibrate data-parallel, the Rust engine splits the shards.
 """
 
@@ -20,25 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from symprune import checkpoint, data
 from symprune.errors import InvalidInputError
-from symprune.spec import Calibration, PruneSpec
+from symprune.spec import Calibration, PruneSpec, check_count, evaluation_windows, selection_rule
 from symprune.util import launched_world
 
 if TYPE_CHECKING:
     from symprune.results import Report
 
 
-def default_evaluation(
-    device: str, seqlen: int, eval_seqlen: int | None, eval_windows: int | None
-) -> tuple[int, int | None]:
-    """Perplexity window and count: ``min(seqlen, 512)``; all windows on a GPU, 32 on the CPU."""
-    windows = eval_windows if eval_windows is not None else (None if device != "cpu" else 32)
-    return eval_seqlen or min(seqlen, 512), windows
-
-
-def default_output(spec: PruneSpec) -> Path:
+def default_output(spec: PruneSpec, model: str = data.DEFAULT_MODEL) -> Path:
+    """``pruned/<built-in model>-<method>[-<refine>]-<target>``, such as
+    ``pruned/smollm2-135m-wanda-50pct``."""
     target = spec.pattern.replace(":", "of") if spec.nm else f"{round(spec.sparsity * 100)}pct"
     refine = f"-{spec.refine}" if spec.refine else ""
-    return Path("pruned") / f"{data.DEFAULT_MODEL}-{spec.method}{refine}-{target}"
+    return Path("pruned") / f"{model}-{spec.method}{refine}-{target}"
 
 
 def prune(
@@ -105,13 +99,18 @@ def prune(
         )
     elif any(v is not None for v in (method, sparsity, pattern, params, refine, refine_params)):
         raise InvalidInputError("spec: give either a PruneSpec or its fields, not both")
+    if evaluate:  # the evaluation's numbers are checked before any work
+        evaluation_windows("cpu", None, eval_seqlen, eval_windows)
     in_rust = spec.runs_shard_by_shard(stats is not None)
     parts = _check_parts(rank, world_size, in_rust, evaluate)
     if output is None:
-        if model is not None:
+        builtin = data.DEFAULT_MODEL if model is None else str(model)
+        if builtin not in data.MODELS or Path(builtin).exists():
             raise InvalidInputError("output: required when a model folder is given")
-        output = default_output(spec)
-    model_dir = Path(model) if model is not None else data.builtin_model()
+        # The default output is ours to replace: the main job can simply be run again.
+        output = default_output(spec, builtin)
+        overwrite = True
+    model_dir = data.resolve_model(model)
     calib = Calibration(calibration, nsamples, seqlen, seed, batch_size)
     if stats is not None and not in_rust:
         raise InvalidInputError(
@@ -123,11 +122,11 @@ def prune(
         part = parts or (0, 1)
         report = _prune_in_rust(model_dir, output, spec, stats, overwrite, progress, part, None)
     else:
-        from symprune import distributed
-        from symprune.pipeline import prune_streamed
-        from symprune.streaming import default_device
+        from symprune.calibration import distributed
+        from symprune.calibration.pipeline import prune_streamed
+        from symprune.calibration.streaming import default_device
 
-        device = device or default_device()
+        device = default_device(device)
         with distributed.session(device) as ranks:
             if ranks is not None:
                 device = ranks.device
@@ -152,16 +151,17 @@ def prune(
         if not leader:  # rank 0 evaluates the output it finished
             return report
     if evaluate:
-        from symprune.evaluate import perplexity
-        from symprune.streaming import default_device
+        from symprune.calibration.streaming import default_device
+        from symprune.evaluation.perplexity import perplexity
 
-        device = device or default_device()
-        length, windows = default_evaluation(
-            device, calib.sized_for(device).seqlen or 0, eval_seqlen, eval_windows
+        device = default_device(device)
+        length, windows = evaluation_windows(
+            device, calib.sized_for(device).seqlen, eval_seqlen, eval_windows
         )
+        report.perplexity_windows = {"seqlen": length, "windows": windows}
         for name, folder in (("dense", model_dir), ("pruned", Path(output))):
             report.perplexity[name] = perplexity(
-                folder, seqlen=length, max_windows=windows, device=device
+                folder, seqlen=length, max_windows=windows, device=device, progress=progress
             )
     return report
 
@@ -174,6 +174,10 @@ def _check_parts(
         return None
     if rank is None or world_size is None:
         raise InvalidInputError("rank and world_size: give both (or neither)")
+    check_count("world_size", world_size)
+    check_count("rank", rank, minimum=0)
+    if rank >= world_size:
+        raise InvalidInputError(f"rank: {rank} must be below world_size {world_size} (0..N-1)")
     if not in_rust:
         raise InvalidInputError(
             "rank/world_size split the shards of the Rust engine (data-free methods, --stats); "
@@ -211,7 +215,7 @@ def _prune_in_rust(
     )
     tensors = [TensorRecord(t.name, t.shape, t.sparsity) for t in rust.tensors if t.numel]
     if ranks is not None:
-        from symprune import distributed
+        from symprune.calibration import distributed
 
         done = distributed.leader_finishes(ranks, lambda: checkpoint.finalize(output))
         if done is not None:  # rank 0 reports the whole checkpoint
@@ -252,12 +256,11 @@ def calibrate(
 
     Under ``torchrun`` the ranks calibrate data-parallel and rank 0 writes the file.
     """
-    from symprune import distributed
-    from symprune.pipeline import calibrate_streamed
-    from symprune.spec import selection_rule
-    from symprune.streaming import default_device
+    from symprune.calibration import distributed
+    from symprune.calibration.pipeline import calibrate_streamed
+    from symprune.calibration.streaming import default_device
 
-    device = device or default_device()
+    device = default_device(device)
     calib = Calibration(calibration, nsamples, seqlen, seed, batch_size)
     with distributed.session(device) as ranks:
         return calibrate_streamed(

@@ -14,12 +14,23 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from symprune import __version__, checkpoint, spec
+from symprune import __version__, checkpoint, data, spec
 from symprune.errors import InvalidInputError, SymPruneError
 from symprune.spec import PruneSpec
 from symprune.util import launched_rank
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line on stderr, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+MODEL_HELP = "a checkpoint folder or a built-in model (" + ", ".join(data.MODELS) + "); default: "
+MODEL_HELP += data.DEFAULT_MODEL
 
 
 def _calibration_args(p: argparse.ArgumentParser) -> None:
@@ -41,6 +52,15 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
         "--offload-activations",
         action="store_true",
         help="keep calibration activations on the CPU while layers run on the GPU",
+    )
+
+
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stderr.isatty(),
+        help="progress bars on stderr (default: when stderr is a terminal)",
     )
 
 
@@ -85,12 +105,13 @@ def add_prune(sub: Any) -> None:
         "layer, streaming from the shards. An interrupted run resumes when started again "
         "with the same arguments.",
     )
-    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help="default: built-in")
+    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help=MODEL_HELP)
     p.add_argument(
         "out_dir",
         metavar="OUT_DIR",
         nargs="?",
-        help="required with MODEL_DIR; default pruned/<model>-<method>-<target>",
+        help="required with a folder; for a built-in model the default is "
+        "pruned/<model>-<method>-<target>, replaced when run again",
     )
     p.add_argument(
         "--method",
@@ -125,30 +146,21 @@ def add_prune(sub: Any) -> None:
     p.add_argument("--eval-seqlen", type=int, help="perplexity window (default min(seqlen, 512))")
     p.add_argument("--eval-windows", type=int, help="first K test windows (default 32 on CPU)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=sys.stderr.isatty(),
-        help="progress bars on stderr (default: when stderr is a terminal)",
-    )
+    _progress_arg(p)
     _calibration_args(p)
     params = p.add_argument_group("method and refinement parameters")
-    params.add_argument(
-        "--param",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a method parameter (repeatable); " + _schema_help(spec.VOCABULARY["methods"]),
-    )
-    params.add_argument(
-        "--refine-param",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a refinement parameter (repeatable); " + _schema_help(spec.VOCABULARY["refiners"]),
-    )
+    for flag, owners, what in (
+        ("--param", "methods", "a method"),
+        ("--refine-param", "refiners", "a refinement"),
+    ):
+        params.add_argument(
+            flag,
+            type=_param,
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"{what} parameter (repeatable); " + _schema_help(spec.VOCABULARY[owners]),
+        )
     scale = p.add_argument_group(
         "shard-parallel pruning without torch.distributed (data-free methods, --stats); "
         "under torchrun the ranks come from its environment and rank 0 finishes the output"
@@ -190,13 +202,22 @@ def prune_spec(args: argparse.Namespace) -> PruneSpec:
 def run_prune(args: argparse.Namespace) -> int:
     from symprune import api
 
-    if args.model_dir is not None and args.out_dir is None:
-        raise InvalidInputError("OUT_DIR is required with MODEL_DIR (an output directory)")
-    evaluate = args.eval if args.eval is not None else args.model_dir is None
+    request = prune_spec(args)
+    builtin = args.model_dir or data.DEFAULT_MODEL
+    is_builtin = builtin in data.MODELS and not os.path.exists(builtin)
+    if args.out_dir is None:
+        if not is_builtin:
+            raise InvalidInputError(
+                f"OUT_DIR is required with the folder {args.model_dir} (an output directory)"
+            )
+        default = api.default_output(request, builtin)
+        if default.exists() and launched_rank() == 0:
+            print(f"symprune: replacing the earlier default output {default}", file=sys.stderr)
+    evaluate = args.eval if args.eval is not None else is_builtin
     report = api.prune(
         args.model_dir,
         args.out_dir,
-        spec=prune_spec(args),
+        spec=request,
         calibration=args.calib,
         nsamples=args.nsamples,
         seqlen=args.seqlen,
@@ -232,10 +253,10 @@ def add_calibrate(sub: Any) -> None:
         description="Run the calibration windows through MODEL_DIR layer by layer (dense) and "
         "store the statistics of every linear (in_sq, sum, var, out_sq) in a safetensors file.",
     )
-    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help="default: built-in")
+    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help=MODEL_HELP)
     p.add_argument("--out", default="stats.safetensors", help="output file")
     _selection_args(p, "calibrate")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    _progress_arg(p)
     _calibration_args(p)
     p.set_defaults(run=run_calibrate)
 
@@ -268,7 +289,7 @@ def add_inspect(sub: Any) -> None:
         description="Per-tensor sparsity (fraction of exact zeros) of a safetensors checkpoint; "
         "tensors pruned by default are marked with *.",
     )
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help=MODEL_HELP.split("; ")[0])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--pattern", metavar="N:M", help="also check an N:M pattern")
     p.add_argument("--targets", metavar="RE", action="append", help="what counts as selected")
@@ -278,9 +299,12 @@ def add_inspect(sub: Any) -> None:
 
 def run_inspect(args: argparse.Namespace) -> int:
     result = checkpoint.inspect(
-        args.dir, pattern=args.pattern, targets=args.targets, ignore=args.ignore
+        data.resolve_model(args.dir), pattern=args.pattern, targets=args.targets, ignore=args.ignore
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+    if result.nm_ok is False:
+        print(f"symprune: {args.pattern} does not hold on every selected tensor", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -305,6 +329,16 @@ def run_finalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _windows(text: str) -> int | str:
+    """``K`` or ``all`` (``None``, the option's absence, is "the default")."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or all") from None
+
+
 def _names(text: str) -> list[str]:
     """A comma-separated list, e.g. ``wanda,ria``."""
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -321,15 +355,20 @@ def add_eval(sub: Any) -> None:
         "'symprune[eval]'), without hub access: task data must be in the local datasets "
         "cache or described by a local task YAML (--include-path).",
     )
-    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help="default: built-in")
+    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help=MODEL_HELP)
     p.add_argument(
         "--text",
         default="builtin",
         metavar="builtin|FILE",
         help="test text: builtin (the Wikipedia test split), a .txt or a .jsonl file",
     )
-    p.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
-    p.add_argument("--max-windows", type=int, metavar="K", help="only the first K windows")
+    p.add_argument("--seqlen", type=int, help="tokens per window (default 512)")
+    p.add_argument(
+        "--max-windows",
+        type=_windows,
+        metavar="K|all",
+        help="only the first K windows (default: as symprune prune, all on a GPU, 32 on the CPU)",
+    )
     p.add_argument(
         "--perplexity",
         action=argparse.BooleanOptionalAction,
@@ -348,25 +387,35 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=8, help="windows (or requests) per pass")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _progress_arg(p)
     p.set_defaults(run=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from symprune.evaluate import evaluate_model
+    from symprune.calibration.streaming import default_device
+    from symprune.evaluation import evaluate_model
 
     if not args.perplexity and not args.tasks:
         raise InvalidInputError("nothing to evaluate: --no-perplexity needs --tasks")
+    device = default_device(args.device)
+    every = args.max_windows == "all"
+    spec.check_count("seqlen", args.seqlen, minimum=2, optional=True)
+    spec.check_count("max_windows", None if every else args.max_windows, optional=True)
+    seqlen, windows = spec.evaluation_windows(
+        device, None, args.seqlen, None if every else args.max_windows
+    )
     result = evaluate_model(
         args.model_dir,
         text=args.text,
-        seqlen=args.seqlen,
-        max_windows=args.max_windows,
+        seqlen=seqlen,
+        max_windows=None if every else windows,
         tasks=args.tasks,
         include_path=args.include_path,
         limit=args.limit,
         with_perplexity=args.perplexity,
-        device=args.device,
+        device=device,
         batch_size=args.batch_size,
+        progress=args.progress,
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
     return 0
@@ -470,7 +519,7 @@ COMMANDS: list[Callable[[Any], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="symprune", description="Fast, memory-lean post-training pruning of LLMs."
     )
     parser.add_argument("--version", action="version", version=f"symprune {__version__}")

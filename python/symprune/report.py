@@ -2,9 +2,9 @@
 
 A cell is (model, method, target, refinement). Each one is pruned with
 :func:`symprune.prune` into a temporary folder, evaluated with
-:func:`symprune.evaluate.perplexity` (methods.md §8) and the folder deleted
+:func:`symprune.evaluation.perplexity` (methods.md §8) and the folder deleted
 (kept with ``keep``). Its result — perplexity, timings and the pruning
-:class:`~symprune.pipeline.Report` with per-layer records — is stored as JSON
+:class:`~symprune.results.Report` with per-layer records — is stored as JSON
 under ``out/cells/``, keyed by every setting, so an interrupted run continues
 where it stopped and a changed setting never reuses a stale result.
 ``out/results.md`` gets the tables, ``out/*.png`` the plots (matplotlib, the
@@ -31,7 +31,7 @@ from typing import Any
 from symprune import data
 from symprune.errors import InvalidInputError, SymPruneError
 from symprune.spec import METHODS as ALL_METHODS
-from symprune.spec import REFINERS, Calibration, PruneSpec
+from symprune.spec import REFINERS, Calibration, PruneSpec, evaluation_windows
 
 # torch and the pruning API are imported on first use: the CLI builds this
 # command's parser (from the constants below) for every command.
@@ -100,26 +100,13 @@ class GridSettings:
         batch_size: int = 8,
     ) -> GridSettings:
         """Fills the defaults exactly as ``symprune prune`` does (CPU- or GPU-sized)."""
-        from symprune import api
-        from symprune.streaming import default_device
+        from symprune.calibration.streaming import default_device
 
-        device = device or default_device()
+        device = default_device(device)
         calib = Calibration(nsamples=nsamples, seqlen=seqlen).sized_for(device)
         n, s = calib.nsamples or 0, calib.seqlen or 0
-        length, windows = api.default_evaluation(device, s, eval_seqlen, eval_windows)
+        length, windows = evaluation_windows(device, s, eval_seqlen, eval_windows)
         return cls(n, s, length, windows, seed, device, batch_size)
-
-
-def model_dir(model: str) -> Path:
-    """A built-in model's checkpoint (by name) or a checkpoint folder."""
-    if model in data.MODELS:
-        return data.builtin_model(model)
-    path = Path(model)
-    if not path.is_dir():
-        raise InvalidInputError(
-            f"model {model!r}: neither a built-in model ({', '.join(data.MODELS)}) nor a folder"
-        )
-    return path
 
 
 def model_label(model: str) -> str:
@@ -224,14 +211,14 @@ def run_cell(
 ) -> tuple[dict[str, Any], bool]:
     """One cell's record, from the cache or computed; the flag says whether it was cached."""
     from symprune import api
-    from symprune.evaluate import perplexity
+    from symprune.evaluation.perplexity import perplexity
 
     key = cell_key(model, method, target, refine, settings)
     path = cell_path(out, key)
     cached = _load(path, key)
     if cached is not None:
         return cached, True
-    folder = model_dir(model)
+    folder = data.resolve_model(model)
 
     def evaluate(checkpoint: Path) -> float:
         return perplexity(
@@ -277,6 +264,11 @@ def run_cell(
     return record, False
 
 
+# A grid of more cells than this gets a warning with its estimated time first.
+LARGE_GRID = 20
+CELL_MINUTES = 8  # one cell, prune + perplexity, CPU-sized defaults on 2 cores
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -301,7 +293,17 @@ def run_grid(
     cells: list[tuple[str, str, Target | None, str | None]]
     cells = [(m, "dense", None, None) for m in models]
     cells += [(m, me, t, r) for m in models for me in methods for t in targets for r in refines]
+    todo = sum(
+        _load(cell_path(out, cell_key(*c, settings)), cell_key(*c, settings)) is None for c in cells
+    )
+    if todo > LARGE_GRID:
+        log(
+            f"{todo} of {len(cells)} cells to run; at about {CELL_MINUTES} min per cell on a "
+            f"2-core CPU that is roughly {todo * CELL_MINUTES / 60:.0f} h (cached cells are "
+            "reused if interrupted; narrow it with --models/--methods/--patterns/--refine)"
+        )
     records = []
+    ran, spent = 0, 0.0
     for n, (model, method, target, refine) in enumerate(cells, 1):
         t0 = time.perf_counter()
         record, cached = run_cell(
@@ -311,7 +313,11 @@ def run_grid(
         name = " ".join(
             [model_label(model), method] + ([target.label, refine or "none"] if target else [])
         )
-        how = "cached" if cached else f"{time.perf_counter() - t0:.0f} s"
+        how = "cached"
+        if not cached:
+            ran, spent = ran + 1, spent + time.perf_counter() - t0
+            eta = spent / ran * (todo - ran)
+            how = f"{time.perf_counter() - t0:.0f} s; about {eta / 60:.0f} min left"
         log(f"[{n}/{len(cells)}] {name}: perplexity {record['perplexity']:.3f} ({how})")
     return records
 

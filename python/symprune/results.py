@@ -42,6 +42,8 @@ class Report:
     bytes_written: int = 0
     masks: dict[str, np.ndarray] | None = None
     perplexity: dict[str, float] = field(default_factory=dict)
+    # The windows behind ``perplexity``: {"seqlen": L, "windows": K or None (all)}.
+    perplexity_windows: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def sparsity(self) -> float:
@@ -71,7 +73,13 @@ class Report:
             ("peak RSS", f"{self.peak_rss_mb:.0f} MiB"),
             ("output", str(self.output)),
         ]
-        rows += [(f"perplexity {k}", f"{v:.3f}") for k, v in self.perplexity.items()]
+        if self.perplexity:
+            count = self.perplexity_windows.get("windows")
+            windows = f"{'all' if count is None else f'first {count}'} test windows of "
+            windows += f"{self.perplexity_windows.get('seqlen')} tokens"
+            rows += [
+                (f"perplexity {k}", f"{v:.3f} ({windows})") for k, v in self.perplexity.items()
+            ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

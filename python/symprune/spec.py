@@ -141,11 +141,20 @@ class PruneSpec:
         return f"{self.method}{' + ' + self.refine if self.refine else ''} ({target})"
 
 
+def check_count(name: str, value: Any, *, minimum: int = 1, optional: bool = False) -> None:
+    """Refuses anything but a whole number >= ``minimum`` (``None`` too, if ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInputError(f"{name}: {value!r} must be a whole number >= {minimum}")
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Where the calibration tokens come from, and how many (methods.md §8).
 
-    ``nsamples`` / ``seqlen`` of ``None`` are chosen by :func:`sized_for` for the device.
+    ``nsamples`` / ``seqlen`` of ``None`` are chosen by :func:`sized_for` for the device;
+    every given number is checked when the object is made.
     """
 
     source: str = "builtin"  # "builtin", a .txt file or a .jsonl file of {"text": ...}
@@ -154,13 +163,20 @@ class Calibration:
     seed: int = 0
     batch_size: int = 8
 
+    def __post_init__(self) -> None:
+        check_count("nsamples", self.nsamples, optional=True)
+        # A window needs a token and its successor.
+        check_count("seqlen", self.seqlen, minimum=2, optional=True)
+        check_count("seed", self.seed, minimum=0)
+        check_count("batch_size", self.batch_size)
+
     def sized_for(self, device: str) -> Calibration:
         """The published 128 × 2048 on a GPU; a CPU-sized 16 × 512 otherwise."""
         on_gpu = device.startswith("cuda")
         return Calibration(
             self.source,
-            self.nsamples or (128 if on_gpu else 16),
-            self.seqlen or (2048 if on_gpu else 512),
+            (128 if on_gpu else 16) if self.nsamples is None else self.nsamples,
+            (2048 if on_gpu else 512) if self.seqlen is None else self.seqlen,
             self.seed,
             self.batch_size,
         )
@@ -180,6 +196,24 @@ class Calibration:
         }
 
 
+def evaluation_windows(
+    device: str,
+    calibration_seqlen: int | None = None,
+    seqlen: int | None = None,
+    windows: int | None = None,
+) -> tuple[int, int | None]:
+    """The perplexity windows ``(seqlen, count)`` every command uses unless told: windows
+    of ``min(calibration seqlen, 512)`` tokens; all of them on a GPU, the first 32 on
+    the CPU (``None``: all)."""
+    check_count("eval_seqlen", seqlen, minimum=2, optional=True)
+    check_count("eval_windows", windows, optional=True)
+    if seqlen is None:
+        seqlen = min(calibration_seqlen or 512, 512)
+    if windows is None and not device.startswith("cuda"):
+        windows = 32
+    return seqlen, windows
+
+
 def method_info(name: str) -> dict[str, Any]:
     """The core's description of method ``name`` (parameters, needs)."""
     if name not in VOCABULARY["methods"]:
@@ -194,6 +228,8 @@ __all__ = [
     "VOCABULARY",
     "Calibration",
     "PruneSpec",
+    "check_count",
+    "evaluation_windows",
     "method_info",
     "selection_rule",
 ]

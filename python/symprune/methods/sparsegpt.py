@@ -34,13 +34,26 @@ def sparsegpt(
         )
     w = weight.detach().float().clone()
     h = hessian.to(w.device, torch.float32).clone()
+    for what, values in (("weight", w), ("Hessian of its inputs", h)):
+        if not bool(torch.isfinite(values).all()):
+            raise InvalidInputError(
+                f"{tensor}: its {what} holds NaN or Inf; check the checkpoint and the "
+                "calibration activations (a model overflowing in its dtype)"
+            )
     rows, cols = w.shape
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
     diag = torch.arange(cols, device=w.device)
     h[diag, diag] += percdamp * torch.mean(torch.diag(h))
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    try:
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except torch.linalg.LinAlgError as failed:
+        raise InvalidInputError(
+            f"{tensor}: the Hessian of its inputs is not positive definite even with "
+            f"percdamp {percdamp}; raise percdamp (e.g. --param percdamp=0.1) or calibrate "
+            "on more windows"
+        ) from failed
     mask = torch.zeros_like(w, dtype=torch.bool)
 
     for i1 in range(0, cols, blocksize):

@@ -124,26 +124,53 @@ impl<'a> ParamReader<'a> {
         }
     }
 
-    /// A real number (integers accepted).
+    /// A finite real number (integers accepted).
     pub fn float(&mut self, name: &'static str, default: f64, doc: &'static str) -> Result<f64> {
         let spec = Self::spec(name, default.into(), "number", doc);
         self.read(spec, default, |v| match *v {
-            ParamValue::Float(f) => Some(f),
+            ParamValue::Float(f) if f.is_finite() => Some(f),
             ParamValue::Int(i) => Some(i as f64),
             _ => None,
         })
     }
 
-    /// A non-negative integer.
+    /// A finite real number `>= min`.
+    pub fn float_at_least(
+        &mut self,
+        name: &'static str,
+        default: f64,
+        min: f64,
+        doc: &'static str,
+    ) -> Result<f64> {
+        let kind = if min == 0.0 {
+            "number >= 0"
+        } else {
+            "number >= its minimum"
+        };
+        let spec = Self::spec(name, default.into(), kind, doc);
+        self.read(spec, default, |v| match *v {
+            ParamValue::Float(f) if f.is_finite() && f >= min => Some(f),
+            ParamValue::Int(i) if i as f64 >= min => Some(i as f64),
+            _ => None,
+        })
+    }
+
+    /// A whole number `>= min` (0 or 1).
     pub fn count(
         &mut self,
         name: &'static str,
         default: usize,
+        min: usize,
         doc: &'static str,
     ) -> Result<usize> {
-        let spec = Self::spec(name, (default as u64).into(), "whole number >= 0", doc);
+        let kind = if min == 0 {
+            "whole number >= 0"
+        } else {
+            "whole number >= 1"
+        };
+        let spec = Self::spec(name, (default as u64).into(), kind, doc);
         let value = self.read(spec, default as u64, |v| match *v {
-            ParamValue::Int(i) => u64::try_from(i).ok(),
+            ParamValue::Int(i) => u64::try_from(i).ok().filter(|&i| i >= min as u64),
             _ => None,
         })?;
         usize::try_from(value).map_err(|_| Error::invalid(self.arg(name), "is too large"))
@@ -316,8 +343,13 @@ impl Method {
             }),
             "owanda" => Method::Score(Score::OWanda),
             "sparsegpt" => Method::SparseGpt(SparseGptParams {
-                blocksize: p.count("blocksize", 128, "columns per lazy-update block")?,
-                percdamp: p.float("percdamp", 0.01, "damping, a fraction of mean(diag H)")?,
+                blocksize: p.count("blocksize", 128, 1, "columns per lazy-update block")?,
+                percdamp: p.float_at_least(
+                    "percdamp",
+                    0.01,
+                    0.0,
+                    "damping, a fraction of mean(diag H)",
+                )?,
             }),
             other => {
                 return Err(Error::invalid(
@@ -381,7 +413,7 @@ impl Refiner {
         let mut p = ParamReader::new(name, params);
         let common = |p: &mut ParamReader, d: (usize, f64, f64)| -> Result<(usize, f64, f64)> {
             Ok((
-                p.count("max_cycles", d.0, "swap cycles at most")?,
+                p.count("max_cycles", d.0, 0, "swap cycles at most")?,
                 p.float(
                     "threshold",
                     d.1,

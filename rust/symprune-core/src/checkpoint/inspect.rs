@@ -83,6 +83,36 @@ pub(crate) fn inspect_tensor(
     }
 }
 
+/// Compares names with their runs of digits as numbers (`layers.2` < `layers.10`).
+fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> impl Iterator<Item = (bool, &str)> {
+        let mut rest = s;
+        std::iter::from_fn(move || {
+            let first = rest.chars().next()?;
+            let digits = first.is_ascii_digit();
+            let end = rest
+                .find(|c: char| c.is_ascii_digit() != digits)
+                .unwrap_or(rest.len());
+            let (chunk, tail) = rest.split_at(end);
+            rest = tail;
+            Some((digits, chunk))
+        })
+    }
+    // Numbers: shorter (without leading zeros) is smaller, then digit by digit.
+    fn key((digits, chunk): (bool, &str)) -> (bool, usize, &str) {
+        let trimmed = chunk.trim_start_matches('0');
+        if digits {
+            (false, trimmed.len(), trimmed)
+        } else {
+            (true, 0, chunk)
+        }
+    }
+    chunks(a)
+        .map(key)
+        .cmp(chunks(b).map(key))
+        .then_with(|| a.cmp(b))
+}
+
 /// Inspects the checkpoint in `dir`; `nm` = `(N, M)` also checks that pattern.
 pub fn inspect(
     dir: &Path,
@@ -98,7 +128,9 @@ pub fn inspect(
         }
     }
     let checkpoint = Checkpoint::open(dir)?;
-    let all: Vec<_> = checkpoint.tensors().collect();
+    let mut all: Vec<_> = checkpoint.tensors().collect();
+    // Layer 2 before layer 10: names in natural order, not as text.
+    all.sort_by(|(_, a), (_, b)| natural_order(&a.name, &b.name));
     let tensors: Vec<TensorSparsity> = all
         .par_iter()
         .map(|(shard, t)| {
@@ -137,6 +169,28 @@ pub fn inspect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_sort_with_numbers_as_numbers() {
+        let mut names = vec![
+            "model.layers.10.mlp.weight",
+            "model.layers.2.mlp.weight",
+            "model.layers.1.mlp.weight",
+            "lm_head.weight",
+            "model.layers.02.a",
+        ];
+        names.sort_by(|a, b| natural_order(a, b));
+        assert_eq!(
+            names,
+            [
+                "lm_head.weight",
+                "model.layers.1.mlp.weight",
+                "model.layers.02.a",
+                "model.layers.2.mlp.weight",
+                "model.layers.10.mlp.weight",
+            ]
+        );
+    }
 
     #[test]
     fn nm_violations_count_groups() {

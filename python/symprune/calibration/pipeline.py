@@ -16,13 +16,21 @@ from pathlib import Path
 
 import torch
 
-from symprune import _core, data, distributed, methods
-from symprune.calibrate import LinearStats, collecting, is_transposed, linear_modules, weight_of
+from symprune import _core, data, methods
+from symprune.calibration import distributed
+from symprune.calibration.stats import (
+    LinearStats,
+    collecting,
+    is_transposed,
+    linear_modules,
+    weight_of,
+)
+from symprune.calibration.streaming import Captured, StreamedModel, default_device
+from symprune.checkpoint import CheckpointWriter, check_output_file, write_output_file
 from symprune.errors import InvalidInputError
 from symprune.results import LayerRecord, Report, TensorRecord
 from symprune.spec import VOCABULARY, Calibration, PruneSpec
 from symprune.spec import selection_rule as spec_selection
-from symprune.streaming import Captured, StreamedModel, default_device
 from symprune.util import peak_rss_mb
 
 
@@ -65,15 +73,13 @@ def prune_streamed(
     layer records (seconds, reconstruction error) are this rank's.
     """
     t_start = time.perf_counter()
-    model_dir = Path(model) if model is not None else data.builtin_model()
+    model_dir = data.resolve_model(model)
     method = methods.get(spec.method)
     refiner = methods.get_refiner(spec.refine) if spec.refine else None
-    device = device or default_device()
+    device = default_device(device)
     calib = calibration.sized_for(device)
     writer = None
     if output is not None and write is None and (ranks is None or ranks.leader):
-        from symprune.checkpoint import CheckpointWriter
-
         writer = CheckpointWriter(model_dir, output, overwrite=overwrite)  # fails fast
         write = writer.write
     try:
@@ -286,12 +292,10 @@ def calibrate_streamed(
     """
     from safetensors.torch import save
 
-    from symprune.checkpoint import check_output_file, write_output_file
-
-    model_dir = Path(model) if model is not None else data.builtin_model()
+    model_dir = data.resolve_model(model)
     out = Path(output)
     check_output_file(out, model_dir)  # before the work, not after it
-    device = device or default_device()
+    device = default_device(device)
     calib = calibration.sized_for(device)
     selection = selection or spec_selection()
     tensors: dict[str, torch.Tensor] = {}

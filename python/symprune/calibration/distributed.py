@@ -33,7 +33,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from symprune.calibrate import LinearStats
+from symprune.calibration.stats import LinearStats
 from symprune.errors import DistributedError, InvalidInputError
 
 T = TypeVar("T")

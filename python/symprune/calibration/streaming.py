@@ -27,19 +27,40 @@ from typing import Any
 import torch
 from torch import nn
 
-from symprune.errors import ModelError
+from symprune.checkpoint import CheckpointReader
+from symprune.errors import InvalidInputError, ModelError
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def default_device(device: str | None = None) -> str:
+    """``device`` checked against what torch sees (``cpu``, ``cuda``, ``cuda:N``); by
+    default the GPU when there is one."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InvalidInputError(f"device: {device!r} is not a device; use cpu or cuda[:N]") from e
+    if parsed.type == "cpu":
+        return device
+    if parsed.type != "cuda":
+        raise InvalidInputError(f"device: {device!r} is not supported; use cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        raise InvalidInputError(
+            f"device: {device} was asked for but torch sees no GPU "
+            f"(torch {torch.__version__}, cuda available: no); use --device cpu"
+        )
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise InvalidInputError(
+            f"device: {device} does not exist; torch sees {count} GPU(s): cuda:0..cuda:{count - 1}"
+        )
+    return device
 
 
 class TensorSource:
     """Reads tensors by name from a checkpoint directory (the validating Rust reader)."""
 
     def __init__(self, model_dir: Path):
-        from symprune.checkpoint import CheckpointReader
-
         self.reader = CheckpointReader(model_dir)
         self.names = set(self.reader.names())
 
@@ -67,6 +88,28 @@ def check_model_dir(model_dir: Path) -> None:
     if not any(model_dir.glob("*.safetensors")):
         raise ModelError(
             f"{model_dir}: no *.safetensors weights; convert the checkpoint to safetensors first"
+        )
+
+
+def check_decoder_lm(model_dir: Path, config: Any) -> None:
+    """A clear error for an encoder or encoder-decoder model (BERT, T5, ...): only
+    decoder-only causal LMs are streamed layer by layer."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = set()
+    for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        causal.update([names] if isinstance(names, str) else names)
+    architectures = getattr(config, "architectures", None) or []
+    if (
+        getattr(config, "is_encoder_decoder", False)
+        or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        or (architectures and not any(a in causal for a in architectures))
+    ):
+        kind = ", ".join(architectures) or config.model_type
+        raise ModelError(
+            f"{model_dir}: this model ({kind}) is not a decoder LM; symprune calibrates "
+            "decoder-only causal LMs (Llama, Mistral, Qwen, Gemma, OPT, GPT-2, ...). Data-free "
+            "methods (--method magnitude) prune any safetensors checkpoint"
         )
 
 
@@ -146,6 +189,7 @@ class StreamedModel:
         except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
             raise ModelError(f"{self.dir}/config.json: cannot be read by transformers: {e}") from e
         self.config.use_cache = False
+        check_decoder_lm(self.dir, self.config)
         with init_empty_weights(include_buffers=False):
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype)
         self.model.eval()
@@ -193,10 +237,19 @@ class StreamedModel:
 
     def _materialize(self, module: nn.Module, prefix: str, missing_ok: bool = False) -> None:
         state = {}
+        expected = {**dict(module.named_parameters()), **dict(module.named_buffers())}
         for name in self._param_names(module):
             key = f"{prefix}.{name}" if prefix else name
             if key in self.source.names:
-                state[name] = self.source.get(key).to(self.device)
+                tensor = self.source.get(key)
+                want = tuple(expected[name].shape)
+                if tuple(tensor.shape) != want:
+                    raise ModelError(
+                        f"{self.dir}: tensor {key} has shape {tuple(tensor.shape)} in the "
+                        f"checkpoint, but config.json makes it {want}; the config does not "
+                        "match the weights"
+                    )
+                state[name] = tensor.to(self.device)
             elif not missing_ok:
                 raise ModelError(
                     f"{self.dir}: tensor {key} is missing from the checkpoint; "

@@ -832,7 +832,7 @@ fn fingerprint(input: &Checkpoint) -> Result<String> {
 mod tests {
     use super::*;
     use crate::checkpoint::journal::JOURNAL_FILE;
-    use crate::checkpoint::prune::tests::checkpoint;
+    use crate::checkpoint::testutil::checkpoint;
 
     fn open(input: &Path, out: &Path, key: &str, overwrite: bool) -> Result<CheckpointWriter> {
         let opts = WriterOptions {

@@ -121,7 +121,7 @@ fn load_stats(file: Option<&Shard>, t: &TensorInfo, score: &Score) -> Result<Sta
                 &t.name,
                 format!(
                     "the statistics file has no {key} ({suffix} of this weight, needed by \
-                     {method}); calibrate again or exclude the tensor with --ignore"
+                     {method}); calibrate again or exclude the tensor with an ignore pattern"
                 ),
             )
         })?;
@@ -300,8 +300,8 @@ pub fn prune_checkpoint(
                 input,
                 &t.name,
                 format!(
-                    "has {} input columns, not a multiple of M = {m}; exclude it with --ignore \
-                     or use another pattern",
+                    "has {} input columns, not a multiple of M = {m}; exclude it with an ignore \
+                     pattern or use another pattern",
                     t.shape[1]
                 ),
             ));

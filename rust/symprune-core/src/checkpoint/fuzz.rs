@@ -7,8 +7,9 @@
 use super::index::Index;
 use super::inspect::{inspect, inspect_tensor};
 use super::prune::{prune_checkpoint, Plan};
-use super::reader::{parse_header, tests::file, Header, SINGLE_FILE};
+use super::reader::{parse_dtype, parse_header, Header, SINGLE_FILE};
 use super::selection::Selection;
+use super::testutil::file;
 use proptest::prelude::*;
 use proptest::sample::Index as Pick;
 use std::path::Path;
@@ -134,7 +135,7 @@ fn header() -> impl Strategy<Value = (String, Vec<u8>)> {
                 let layer = if t.name.1 { 0 } else { k };
                 let name = format!("model.layers.{layer}.{}", SUFFIXES[t.name.0]);
                 let (start, stop) = if contiguous {
-                    let bits = super::parse_dtype(DTYPES[t.dtype]).map_or(8, |d| d.bitsize());
+                    let bits = parse_dtype(DTYPES[t.dtype]).map_or(8, |d| d.bitsize());
                     let numel = t.shape.iter().fold(1u128, |acc, d| {
                         acc.saturating_mul(d.parse::<u128>().unwrap_or(1))
                     });

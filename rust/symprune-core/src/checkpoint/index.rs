@@ -1,10 +1,9 @@
 //! `model.safetensors.index.json`: which shard holds which tensor.
 
-use super::reader::Shard;
-use super::{first_duplicate, JsonEntries};
+use super::json::{first_duplicate, JsonEntries};
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// The index of a sharded checkpoint.
@@ -109,56 +108,6 @@ impl Index {
     pub fn shard_files(&self) -> Vec<&str> {
         let set: BTreeSet<&str> = self.weight_map.iter().map(|(_, s)| s.as_str()).collect();
         set.into_iter().collect()
-    }
-
-    /// Fails unless the index and the shard headers list the same tensors in
-    /// the same places.
-    pub fn check_against(&self, path: &Path, shards: &[Shard]) -> Result<()> {
-        let mapped: HashMap<&str, &str> = self
-            .weight_map
-            .iter()
-            .map(|(t, s)| (t.as_str(), s.as_str()))
-            .collect();
-        for shard in shards {
-            for t in &shard.header.tensors {
-                match mapped.get(t.name.as_str()) {
-                    Some(&s) if s == shard.file => {}
-                    Some(&s) => {
-                        return Err(Error::tensor(
-                            path,
-                            &t.name,
-                            format!(
-                                "is mapped to {s} but stored in {}; regenerate the index",
-                                shard.file
-                            ),
-                        ))
-                    }
-                    None => {
-                        return Err(Error::tensor(
-                            path,
-                            &t.name,
-                            format!(
-                                "is stored in {} but missing from weight_map; regenerate the index",
-                                shard.file
-                            ),
-                        ))
-                    }
-                }
-            }
-        }
-        for (tensor, shard) in &self.weight_map {
-            let holder = shards.iter().find(|s| &s.file == shard);
-            if holder.and_then(|s| s.get(tensor)).is_none() {
-                return Err(Error::tensor(
-                    path,
-                    tensor,
-                    format!(
-                        "is mapped to {shard}, which does not contain it; regenerate the index"
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// The index as written next to the output: the same JSON with

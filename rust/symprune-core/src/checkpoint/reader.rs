@@ -1,10 +1,11 @@
 //! Reading: one memory map per shard, every header validated when the
 //! checkpoint is opened (the checks of the safetensors crate, with messages
 //! that name the file, the tensor and the fix), tensors handed out as borrowed
-//! byte slices in file order.
+//! byte slices in file order; a sharded checkpoint's index is checked
+//! against the shard headers.
 
 use super::index::{Index, INDEX_FILE};
-use super::{first_duplicate, JsonEntries};
+use super::json::{first_duplicate, JsonEntries};
 use crate::error::{Error, Result};
 use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
 use safetensors::Dtype;
@@ -487,18 +488,65 @@ impl Checkpoint {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// A safetensors file from a JSON header and a data section.
-    pub fn file(header: &str, data: &[u8]) -> Vec<u8> {
-        let mut out = (header.len() as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        out
+// The index is checked here, where the shards it maps are read, so that
+// `index` needs nothing from this module.
+impl Index {
+    /// Fails unless the index and the shard headers list the same tensors in
+    /// the same places.
+    pub fn check_against(&self, path: &Path, shards: &[Shard]) -> Result<()> {
+        let mapped: HashMap<&str, &str> = self
+            .weight_map
+            .iter()
+            .map(|(t, s)| (t.as_str(), s.as_str()))
+            .collect();
+        for shard in shards {
+            for t in &shard.header.tensors {
+                match mapped.get(t.name.as_str()) {
+                    Some(&s) if s == shard.file => {}
+                    Some(&s) => {
+                        return Err(Error::tensor(
+                            path,
+                            &t.name,
+                            format!(
+                                "is mapped to {s} but stored in {}; regenerate the index",
+                                shard.file
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(Error::tensor(
+                            path,
+                            &t.name,
+                            format!(
+                                "is stored in {} but missing from weight_map; regenerate the index",
+                                shard.file
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        for (tensor, shard) in &self.weight_map {
+            let holder = shards.iter().find(|s| &s.file == shard);
+            if holder.and_then(|s| s.get(tensor)).is_none() {
+                return Err(Error::tensor(
+                    path,
+                    tensor,
+                    format!(
+                        "is mapped to {shard}, which does not contain it; regenerate the index"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::testutil::file;
+    use proptest::prelude::*;
 
     fn err(bytes: &[u8]) -> String {
         parse_header(bytes, Path::new("x.safetensors"))

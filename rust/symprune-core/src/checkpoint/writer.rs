@@ -617,7 +617,7 @@ pub fn finalize(output: &Path) -> Result<FinishReport> {
         parts.push(journal.ok_or_else(|| {
             Error::checkpoint(
                 dir.join(&name),
-                "is not a journal this version can read; rerun every rank with --overwrite",
+                "is not a journal this version can read; rerun every rank with overwrite",
             )
         })?);
     }
@@ -628,7 +628,7 @@ pub fn finalize(output: &Path) -> Result<FinishReport> {
         return Err(Error::checkpoint(
             output,
             "holds no finished part of a shard-parallel run; run every rank \
-             (--world-size N --rank R) first, then finalize",
+             (0 <= rank < world size) first, then finalize",
         ));
     };
     let first = &parts[0];
@@ -832,7 +832,7 @@ fn fingerprint(input: &Checkpoint) -> Result<String> {
 mod tests {
     use super::*;
     use crate::checkpoint::journal::JOURNAL_FILE;
-    use crate::checkpoint::prune::tests::checkpoint;
+    use crate::checkpoint::testutil::checkpoint;
 
     fn open(input: &Path, out: &Path, key: &str, overwrite: bool) -> Result<CheckpointWriter> {
         let opts = WriterOptions {

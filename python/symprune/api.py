@@ -176,8 +176,6 @@ def _check_parts(
         raise InvalidInputError("rank and world_size: give both (or neither)")
     check_count("world_size", world_size)
     check_count("rank", rank, minimum=0)
-    if rank >= world_size:
-        raise InvalidInputError(f"rank: {rank} must be below world_size {world_size} (0..N-1)")
     if not in_rust:
         raise InvalidInputError(
             "rank/world_size split the shards of the Rust engine (data-free methods, --stats); "

@@ -303,7 +303,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     if result.nm_ok is False:
-        print(f"symprune: {args.pattern} does not hold on every selected tensor", file=sys.stderr)
+        print(
+            f"symprune: error: {args.pattern} does not hold on every selected tensor "
+            "(the table names the tensors that break it)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

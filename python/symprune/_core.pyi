@@ -40,6 +40,8 @@ class Request:
     @property
     def needs_hessian(self) -> bool: ...
     @property
+    def refine_needs_gram(self) -> bool: ...
+    @property
     def updates_weights(self) -> bool: ...
     @property
     def data_free(self) -> bool: ...
@@ -73,22 +75,29 @@ class RefineReport:
     @property
     def swaps_per_row(self) -> npt.NDArray[np.uint32]: ...
     @property
+    def rows_changed(self) -> int: ...
+    @property
     def rows_stopped(self) -> int: ...
     @property
     def cycles(self) -> int: ...
+    @property
+    def loss_before(self) -> float | None: ...
+    @property
+    def loss_after(self) -> float | None: ...
 
 def refine(
     refine: str,
     weight: Matrix,
     dtype: str,
     prune_mask: npt.NDArray[np.bool_],
-    in_sq: npt.NDArray[np.float32],
-    act_sum: npt.NDArray[np.float32],
-    act_var: npt.NDArray[np.float32],
+    in_sq: npt.NDArray[np.float32] | None,
+    act_sum: npt.NDArray[np.float32] | None,
+    act_var: npt.NDArray[np.float32] | None,
     *,
     params: Params = None,
     pattern: str | None = None,
     initial_scores: npt.NDArray[np.float32] | None = None,
+    gram: npt.NDArray[np.float32] | None = None,
     tensor: str = "",
 ) -> tuple[npt.NDArray[np.bool_], RefineReport]: ...
 

@@ -221,34 +221,57 @@ def apply_mask(weight: Matrix, prune: Any) -> int:
     return _core.apply_mask(arr, dtype, np.ascontiguousarray(m))
 
 
-# -- mask refinement (methods.md §5, §7) --
+# -- mask refinement (methods.md §5, §7, §9) --
 
 RefineReport = _core.RefineReport
 """What a refinement did: ``swaps`` (total), ``swaps_per_row`` (uint32 array),
-``rows_stopped`` (rows that stopped before ``max_cycles``), ``cycles`` (cycles run)."""
+``rows_changed`` (rows with at least one swap), ``rows_stopped`` (rows that stopped
+before ``max_cycles`` / ``max_swaps``), ``cycles`` (cycles run; swaps: the most rounds a
+row ran), ``loss_before`` / ``loss_after`` (the summed exact loss ``Σ_i δ_iᵀ H δ_i`` of
+methods.md §9 where the refiner computes it — swaps and R²-DSnoT's exact decision —
+else ``None``)."""
+
+
+def _as_gram(gram: Matrix | None) -> npt.NDArray[np.float32] | None:
+    """A float32 C-contiguous copy-if-needed of a Gram matrix (or None)."""
+    if gram is None:
+        return None
+    if _is_torch(gram):
+        gram = gram.detach().float().cpu().numpy()
+    h = np.ascontiguousarray(np.asarray(gram, dtype=np.float32))
+    if h.ndim != 2:
+        raise InvalidInputError(f"gram: expected a 2-D (in, in) matrix, got shape {h.shape}")
+    return h
 
 
 def refine(
     refiner: str,
     weight: Matrix,
     prune_mask: Any,
-    in_sq: Vector,
-    act_sum: Vector,
-    act_var: Vector,
+    in_sq: Vector | None = None,
+    act_sum: Vector | None = None,
+    act_var: Vector | None = None,
     *,
     pattern: str | None = None,
     initial_scores: Matrix | None = None,
+    gram: Matrix | None = None,
     tensor: str = "",
     **params: Any,
 ) -> tuple[npt.NDArray[np.bool_], RefineReport]:
-    """Refines ``prune_mask`` (``True`` = pruned) with ``refiner`` (``dsnot``, ``r2dsnot``).
+    """Refines ``prune_mask`` (``True`` = pruned) with ``refiner`` (``dsnot``, ``r2dsnot``,
+    ``swaps``).
 
     Weights are never changed and every row keeps its exact count; the initial mask
-    must prune the same number in every row, or be exactly N:M (``pattern="2:4"``,
-    kept afterwards). ``in_sq``, ``act_sum``, ``act_var`` are the layer's calibration
-    statistics (methods.md §2). ``params`` are the refiner's switches by name (see
-    :func:`dsnot`, :func:`r2dsnot`); an unknown one is an error. Returns the refined
-    mask and a :data:`RefineReport`.
+    must be exactly N:M (``pattern="2:4"``, kept afterwards) or, for DSnoT and
+    R²-DSnoT, prune the same number in every row. ``in_sq``, ``act_sum``, ``act_var``
+    are the layer's calibration statistics (methods.md §2; DSnoT and R²-DSnoT need
+    them, swaps ignores them). ``gram`` is the ``(in, in)`` Gram matrix of the layer's
+    inputs (``Σ x xᵀ`` up to a positive factor, e.g. SparseGPT's Hessian), for the
+    refiners that read it: swaps, and R²-DSnoT with ``decision="exact"``
+    (``symprune.spec.VOCABULARY["refiners"][name]["needs_gram"]``); giving it to
+    another is an error. ``params`` are the refiner's switches by name (see
+    :func:`dsnot`, :func:`r2dsnot`, :func:`swaps`); an unknown one is an error. Returns
+    the refined mask and a :data:`RefineReport`.
     """
     arr, dtype = as_matrix(weight, "weight")
     m = np.asarray(prune_mask.numpy() if _is_torch(prune_mask) else prune_mask)
@@ -256,14 +279,6 @@ def refine(
         raise InvalidInputError(
             f"prune_mask: expected a bool array of shape {arr.shape}, got {m.dtype} {m.shape}"
         )
-    stats = []
-    for value, arg in ((in_sq, "in_sq"), (act_sum, "act_sum"), (act_var, "act_var")):
-        v = as_vector(value, arg)
-        if v is None:
-            raise InvalidInputError(
-                f"{arg}: mask refinement needs the layer's activation statistics; calibrate first"
-            )
-        stats.append(v)
     init = None
     if initial_scores is not None:
         init = np.ascontiguousarray(np.asarray(initial_scores, dtype=np.float32))
@@ -272,10 +287,13 @@ def refine(
         arr,
         dtype,
         np.ascontiguousarray(m),
-        *stats,
+        as_vector(in_sq, "in_sq"),
+        as_vector(act_sum, "act_sum"),
+        as_vector(act_var, "act_var"),
         params=_given(**params),
         pattern=pattern,
         initial_scores=init,
+        gram=_as_gram(gram),
         tensor=tensor,
     )
 
@@ -323,6 +341,7 @@ def r2dsnot(
     act_var: Vector,
     *,
     pattern: str | None = None,
+    gram: Matrix | None = None,
     tensor: str = "",
     **params: Any,
 ) -> tuple[npt.NDArray[np.bool_], RefineReport]:
@@ -333,7 +352,9 @@ def r2dsnot(
     the grow score (``G · RI``) or nowhere (``|W| · n^alpha``). A candidate swap is
     applied only if the row's error keeps its initial sign (``same_sign``) and it
     strictly lowers ``Φ = |err|/|err⁰| + gamma · pen/pen⁰`` with ``pen`` the ℓ``p`` norm
-    of the pruned Wanda scores. At a rejected candidate the row stops
+    of the pruned Wanda scores; with ``decision="exact"`` (methods.md §9) the first term
+    is ``L/L⁰``, the row's exact loss ``δᵀ H δ``, which needs ``gram`` (the layer's
+    ``(in, in)`` Gram matrix). At a rejected candidate the row stops
     (``on_reject="stop"``) or passes it over (``"skip"``). The defaults live in the
     core (``symprune.spec.VOCABULARY["refiners"]["r2dsnot"]``) and are the best setting
     measured (benches/RESULTS.md).
@@ -346,6 +367,31 @@ def r2dsnot(
         act_sum,
         act_var,
         pattern=pattern,
+        gram=gram,
         tensor=tensor,
         **params,
     )
+
+
+def swaps(
+    weight: Matrix,
+    prune_mask: Any,
+    gram: Matrix,
+    *,
+    pattern: str | None = None,
+    tensor: str = "",
+    **params: Any,
+) -> tuple[npt.NDArray[np.bool_], RefineReport]:
+    """Exact-objective swaps (methods.md §9); see :func:`refine`.
+
+    Per row, repeatedly applies the best swap (prune a kept weight, regrow a pruned one)
+    of the row's true loss ``L = δᵀ H δ`` (``δ`` the pruned weights, ``H = gram``, the
+    ``(in, in)`` Gram matrix of the layer's inputs), searched among the ``candidates``
+    kept entries whose pruning costs least and the ``candidates`` pruned entries whose
+    regrowth gains most (per group of M under N:M, where swaps stay inside a group;
+    ``candidates >= in`` is the full search), while it lowers ``L`` by more than
+    ``tol · L``, at most ``max_swaps`` times. ``L`` never increases and every row keeps
+    its count (rows need not agree). The defaults live in the core
+    (``symprune.spec.VOCABULARY["refiners"]["swaps"]``).
+    """
+    return refine("swaps", weight, prune_mask, pattern=pattern, gram=gram, tensor=tensor, **params)

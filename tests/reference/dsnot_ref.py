@@ -11,13 +11,21 @@ bit. The definitions and numerics are those spelled out in
 
 Inputs are lists (or arrays) of float32-representable floats; ``w`` a list of rows,
 ``prune`` a list of rows of bools (True = pruned).
+
+R²-DSnoT's exact decision (``decision="exact"``, methods.md §9) recomputes the row's
+loss ``δᵀ H δ`` from scratch for every candidate (``swaps_ref.row_loss``).
 """
 
 from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
+
+from reference.swaps_ref import row_loss
 
 VAR_EPS = 2.0**-126  # the smallest normal float32
 
@@ -92,8 +100,10 @@ def refine_row(
     prune_score: list[float],
     wanda: list[float],
     rule: Rule,
+    loss_of: Callable[[list[bool]], float] | None = None,
 ) -> Row:
-    """One row of DSnoT / R²-DSnoT (the cycle of methods.md §5 and §7)."""
+    """One row of DSnoT / R²-DSnoT (the cycle of methods.md §5 and §7); ``loss_of``
+    (the exact decision) is the row's loss of a mask."""
     cols = len(init)
     out = Row(mask=list(init))
     err = 0.0
@@ -117,7 +127,7 @@ def refine_row(
     passed = [False] * cols  # N:M: kept weights passed over by "skip"
 
     q = 0.0
-    err0 = abs(err)
+    base0 = abs(err) if loss_of is None else loss_of(init)
     pen0 = 0.0
     if rule.gamma is not None:
         for j in range(cols):
@@ -125,8 +135,9 @@ def refine_row(
                 q += lp_term(wanda[j], rule.p)
         pen0 = lp_root(max(q, 0.0), rule.p)
 
-    def phi(e: float, qq: float) -> float:
-        rel_err = abs(e) / err0 if err0 != 0 else 0.0
+    def phi(mask: list[bool], e: float, qq: float) -> float:
+        x = abs(e) if loss_of is None else loss_of(mask)
+        rel_err = x / base0 if base0 != 0 else 0.0
         rel_pen = rule.gamma * (lp_root(max(qq, 0.0), rule.p) / pen0) if pen0 != 0 else 0.0
         return rel_err + rel_pen
 
@@ -182,7 +193,9 @@ def refine_row(
             q_after = q
             if rule.gamma is not None:
                 q_after = (q + lp_term(wanda[p], rule.p)) - lp_term(wanda[g], rule.p)
-                accepted = accepted and phi(after, q_after) < phi(err, q)
+                swapped = list(out.mask)
+                swapped[p], swapped[g] = True, False
+                accepted = accepted and phi(swapped, after, q_after) < phi(out.mask, err, q)
         if not accepted and not rule.skip:
             out.stopped = True
             break
@@ -204,7 +217,7 @@ def refine_row(
             err, q = after, q_after
             out.swaps += 1
             if rule.gamma is not None:
-                out.phi.append(phi(err, q))
+                out.phi.append(phi(out.mask, err, q))
     return out
 
 
@@ -260,9 +273,11 @@ def r2dsnot(
     p=1.0,
     same_sign=True,
     on_reject="stop",
+    decision="mean",
     nm=None,
+    gram=None,
 ) -> list[Row]:
-    """R²-DSnoT, one :class:`Row` per row of ``w``."""
+    """R²-DSnoT, one :class:`Row` per row of ``w``; ``decision="exact"`` needs ``gram``."""
     w = [[float(x) for x in row] for row in w]
     norm, divisor, d, wanda = _columns(w, in_sq, act_sum, act_var, var_power)
     act = f32s([n**alpha if alpha != 0 else 1.0 for n in norm])
@@ -287,5 +302,12 @@ def r2dsnot(
             score = f32s([ri[j] * act[j] for j in range(len(row))])
         else:
             score = f32s([abs(x) * act[j] for j, x in enumerate(row)])
-        rows.append(refine_row(list(prune[i]), d[i], grow_score, score, wanda[i], rule))
+        loss_of = None
+        if decision == "exact":
+            w_i = np.asarray(row)
+
+            def loss_of(mask, w_i=w_i):
+                return row_loss(w_i, np.asarray(mask), gram)
+
+        rows.append(refine_row(list(prune[i]), d[i], grow_score, score, wanda[i], rule, loss_of))
     return rows

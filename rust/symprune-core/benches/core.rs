@@ -68,7 +68,7 @@ fn benches(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("r2dsnot_60_wanda_start", &id), |b| {
             b.iter(|| {
                 let p = dsnot::R2Dsnot::default();
-                dsnot::r2dsnot(m, rs, &start, Layout::PerRow, &p, "w").unwrap()
+                dsnot::r2dsnot(m, rs, &start, Layout::PerRow, None, &p, "w").unwrap()
             })
         });
     }

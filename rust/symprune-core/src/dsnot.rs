@@ -47,7 +47,10 @@
 //!    `sign(err') = sign0`. R² accepts iff that holds and `Φ(err', pen') <
 //!    Φ(err, pen)` strictly, with `Φ = |err|/|err⁰| + γ · pen/pen⁰`,
 //!    `pen = (Σ_{j pruned} (|W_ij| n_j)^p)^(1/p)`, a term dropped when its
-//!    start value is 0;
+//!    start value is 0. With `decision = exact` (§9), `|err|/|err⁰|` is
+//!    replaced by `L/L⁰`, the row's exact loss `δᵀ H δ` (`swaps.rs`) with the
+//!    swap's `L' = L + Δ`; the sign check, the threshold and the orders still
+//!    use `err`;
 //! 5. accepted: prune `p`, regrow `g`, advance the pointers used, `err = err'`.
 //!    Rejected: the row stops (DSnoT, R² `on_reject = stop`) or, with R²'s
 //!    `skip`, the pointers used advance (N:M: `p` is passed over for good).
@@ -69,7 +72,9 @@
 //! a statistic of the wrong length, a negative `in_sq` or `var`, `W · sum`
 //! overflowing f32, an initial mask of the wrong size, with unequal row
 //! counts (unstructured) or not exactly N:M, `threshold < 0`, and parameters
-//! out of their domain (`var_power`, `α`, `γ` ≥ 0; `p` > 0; all finite).
+//! out of their domain (`var_power`, `α`, `γ` ≥ 0; `p` > 0; all finite);
+//! with `decision = exact`, a missing, non-finite or not `in × in` Gram
+//! matrix.
 //!
 //! # Numerics (what a reference must do to match bit for bit)
 //!
@@ -82,13 +87,16 @@
 //!   `Q = Σ t(|W_ij| n_j)` in column order with `t(x) = x` (`p = 1`), `x²`
 //!   (`p = 2`), `x^p` otherwise; a swap gives `Q' = (Q + t_p) − t_g`;
 //!   `pen = root(max(Q, 0))` with `root = id, sqrt, ^(1/p)` likewise;
-//!   `Φ = e + q` with `e = |err| / |err⁰|` and `q = γ · (pen / pen⁰)`.
+//!   `Φ = e + q` with `e = |err| / |err⁰|` and `q = γ · (pen / pen⁰)`;
+//!   exact decision: `e = L / L⁰`, with `L`, `Δ` and `g = H δ` computed as in
+//!   `swaps.rs` (its Numerics), `L⁰` from the initial mask.
 //! - Orders compare f32 values (`−0 = +0`), ties by column.
 
 use crate::dtype::{check_signed_stat, check_stat, Element, MatRef};
 use crate::error::{Error, Result};
 use crate::mask::{key, Pattern};
 use crate::score::{abs_sums, activation_factor, lp_root, lp_term, relative};
+use crate::swaps::{Gram, RowLoss};
 use rayon::prelude::*;
 
 /// The floor of the grow divisor `var^var_power` (the smallest normal f32).
@@ -97,7 +105,8 @@ pub const VAR_EPS: f32 = f32::MIN_POSITIVE;
 /// The structure the initial mask has and the refinement keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// The same number of pruned weights in every row.
+    /// Unstructured: every row keeps its count. DSnoT and R²-DSnoT need the
+    /// same count in every row; the exact-objective swaps (`swaps.rs`) do not.
     PerRow,
     /// `n` pruned in every group of `m` consecutive input columns.
     NM { n: usize, m: usize },
@@ -157,6 +166,15 @@ pub enum OnReject {
     Skip,
 }
 
+/// How R²-DSnoT judges a candidate swap: `Φ`'s first term (methods.md §7, §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// `|err| / |err⁰|`, the mean error (DSnoT's proxy).
+    Mean,
+    /// `L / L⁰`, the exact loss `δᵀ H δ` (needs the Gram matrix `H`).
+    Exact,
+}
+
 /// R²-DSnoT's parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct R2Dsnot {
@@ -172,6 +190,7 @@ pub struct R2Dsnot {
     pub p: f64,
     pub same_sign: bool,
     pub on_reject: OnReject,
+    pub decision: Decision,
 }
 
 /// The defaults are the best setting measured on SmolLM2-135M (Wanda 60%, mean
@@ -191,12 +210,13 @@ impl Default for R2Dsnot {
             p: 1.0,
             same_sign: true,
             on_reject: OnReject::Stop,
+            decision: Decision::Mean,
         }
     }
 }
 
 /// What a refinement did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
     /// Accepted swaps, per row.
     pub swaps: Vec<u32>,
@@ -205,6 +225,9 @@ pub struct Report {
     /// Cycles run: the most any row entered (a row counts the cycle it stops
     /// in), i.e. the reference's cycle counter.
     pub cycles: usize,
+    /// `decision = exact`: `Σ_i L_i` before and after (`None` otherwise, and
+    /// when no cycle ran).
+    pub loss: Option<(f64, f64)>,
 }
 
 impl Report {
@@ -253,6 +276,7 @@ pub fn dsnot<T: Element>(
         norm: norms(stats.in_sq),
         divisor: divisors(stats.var, params.var_power, name)?,
         sums: None,
+        gram: None,
         prune_score: initial,
         grow_ri: false,
         rule: Rule {
@@ -268,16 +292,29 @@ pub fn dsnot<T: Element>(
 }
 
 /// R²-DSnoT: refines `prune` (row-major, `w`'s shape) and reports what it did.
+/// `gram` (`in × in`, the Gram matrix of the layer's inputs) is read only
+/// with `decision = exact`, which needs it.
 pub fn r2dsnot<T: Element>(
     w: MatRef<T>,
     stats: RefineStats,
     prune: &[bool],
     layout: Layout,
+    gram: Option<MatRef<f32>>,
     params: &R2Dsnot,
     tensor: &str,
 ) -> Result<(Vec<bool>, Report)> {
     let name = if tensor.is_empty() { "weight" } else { tensor };
     check_common(w, stats, prune, layout, params.threshold, name)?;
+    let gram = match (params.decision, gram) {
+        (Decision::Mean, _) => None,
+        (Decision::Exact, Some(h)) => Some(Gram::new(h, w.cols(), name)?),
+        (Decision::Exact, None) => {
+            return Err(Error::invalid(
+                format!("{name}: gram"),
+                "decision = \"exact\" needs the Gram matrix of the layer's inputs (in x in)",
+            ))
+        }
+    };
     if !(params.gamma.is_finite() && params.gamma >= 0.0) {
         return Err(Error::invalid(
             "gamma",
@@ -301,6 +338,7 @@ pub fn r2dsnot<T: Element>(
         norm,
         divisor: divisors(stats.var, params.var_power, name)?,
         sums: ri.then(|| abs_sums(w)),
+        gram,
         prune_score: PruneScore::R2 {
             act,
             ri: params.ri_phase == RiPhase::Prune,
@@ -355,7 +393,6 @@ fn check_common<T: Element>(
     if cols == 0 {
         return Ok(());
     }
-    let arg = format!("{name}: prune_mask");
     match layout {
         Layout::PerRow => {
             let counts: Vec<usize> = prune
@@ -364,7 +401,7 @@ fn check_common<T: Element>(
                 .collect();
             if let Some(i) = counts.iter().position(|&c| c != counts[0]) {
                 return Err(Error::invalid(
-                    arg,
+                    format!("{name}: prune_mask"),
                     format!(
                         "row {i} prunes {} weights but row 0 prunes {}; refinement keeps every \
                          row's count, so start from a per-row mask (equal counts)",
@@ -373,24 +410,34 @@ fn check_common<T: Element>(
                 ));
             }
         }
-        Layout::NM { n, m } => {
-            Pattern::NM { n, m }.check(cols, name)?;
-            let bad = prune
-                .par_chunks(m)
-                .position_first(|g| g.iter().filter(|&&p| p).count() != n);
-            if let Some(g) = bad {
-                let (i, j) = (g * m / cols, g * m % cols);
-                let got = prune[g * m..(g + 1) * m].iter().filter(|&&p| p).count();
-                return Err(Error::invalid(
-                    arg,
-                    format!(
-                        "row {i}, columns {j}..{} prune {got} weights, not {n}; \
-                         the initial mask must be {n}:{m}",
-                        j + m
-                    ),
-                ));
-            }
-        }
+        Layout::NM { n, m } => check_nm_mask(prune, cols, n, m, name)?,
+    }
+    Ok(())
+}
+
+/// Fails unless `prune` (rows of `cols`) is exactly `n:m`.
+pub(crate) fn check_nm_mask(
+    prune: &[bool],
+    cols: usize,
+    n: usize,
+    m: usize,
+    name: &str,
+) -> Result<()> {
+    Pattern::NM { n, m }.check(cols, name)?;
+    let bad = prune
+        .par_chunks(m)
+        .position_first(|g| g.iter().filter(|&&p| p).count() != n);
+    if let Some(g) = bad {
+        let (i, j) = (g * m / cols, g * m % cols);
+        let got = prune[g * m..(g + 1) * m].iter().filter(|&&p| p).count();
+        return Err(Error::invalid(
+            format!("{name}: prune_mask"),
+            format!(
+                "row {i}, columns {j}..{} prune {got} weights, not {n}; \
+                 the initial mask must be {n}:{m}",
+                j + m
+            ),
+        ));
     }
     Ok(())
 }
@@ -527,6 +574,8 @@ struct Engine<'a, T> {
     divisor: Vec<f32>,
     /// RIA's column and row sums, when `RI` is used.
     sums: Option<(Vec<f32>, Vec<f32>)>,
+    /// R² with `decision = exact`: the Gram matrix of `L`.
+    gram: Option<Gram<'a>>,
     prune_score: PruneScore<'a>,
     grow_ri: bool,
     rule: Rule,
@@ -538,19 +587,25 @@ struct Scratch {
     grow: Vec<u64>,
     prune: Vec<u64>,
     passed: Vec<bool>,
+    /// `decision = exact`: the row in f64 and its loss.
+    w: Vec<f64>,
+    loss: RowLoss,
 }
 
 struct RowOutcome {
     swaps: u32,
     cycles: usize,
     stopped: bool,
+    /// `decision = exact`: `L` before and after.
+    loss: Option<(f64, f64)>,
 }
 
 /// `Φ` of one row, relative to its start.
 struct Objective {
     gamma: f64,
     p: f64,
-    err0: f64,
+    /// `|err⁰|` (mean decision) or `L⁰` (exact decision).
+    base0: f64,
     pen0: f64,
 }
 
@@ -559,9 +614,10 @@ impl Objective {
         lp_root(q.max(0.0), self.p)
     }
 
-    fn phi(&self, err: f64, q: f64) -> f64 {
-        let e = if self.err0 != 0.0 {
-            err.abs() / self.err0
+    /// `Φ` at `x` (`|err|` or `L`) and the penalty sum `q`.
+    fn phi(&self, x: f64, q: f64) -> f64 {
+        let e = if self.base0 != 0.0 {
+            x / self.base0
         } else {
             0.0
         };
@@ -596,6 +652,12 @@ impl<T: Element> Engine<'_, T> {
                 swaps: outcomes.iter().map(|o| o.swaps).collect(),
                 rows_stopped: outcomes.iter().filter(|o| o.stopped).count(),
                 cycles: outcomes.iter().map(|o| o.cycles).max().unwrap_or(0),
+                loss: self.gram.map(|_| {
+                    outcomes
+                        .iter()
+                        .filter_map(|o| o.loss)
+                        .fold((0.0, 0.0), |(b, a), (x, y)| (b + x, a + y))
+                }),
             },
         ))
     }
@@ -659,6 +721,8 @@ impl<T: Element> Engine<'_, T> {
             grow: grow_order,
             prune: prune_order,
             passed,
+            w: w64,
+            loss,
         } = s;
 
         d.clear();
@@ -702,6 +766,14 @@ impl<T: Element> Engine<'_, T> {
             passed.resize(cols, false);
         }
 
+        // The exact decision's loss (methods.md §9), from the initial mask.
+        let loss0 = self.gram.map(|h| {
+            w64.clear();
+            w64.extend(row.iter().map(|x| f64::from(x.to_f32())));
+            loss.reset(h, w64, init);
+            loss.loss
+        });
+
         // R²'s objective: the penalty sum `q` and the start values.
         let wanda = |j: usize| row[j].to_f32().abs() * self.norm[j];
         let mut q = 0.0f64;
@@ -714,7 +786,7 @@ impl<T: Element> Engine<'_, T> {
             let mut o = Objective {
                 gamma,
                 p,
-                err0: err.abs(),
+                base0: loss0.unwrap_or(err.abs()),
                 pen0: 0.0,
             };
             o.pen0 = o.pen(q);
@@ -759,16 +831,24 @@ impl<T: Element> Engine<'_, T> {
                 Layout::NM { m, .. } => self.pick(i, g, m, init, out, passed),
             };
 
-            // The swap's outcome `(p, err', q')`, if the rule accepts it.
+            // The swap's outcome `(p, err', q', Δ)`, if the rule accepts it
+            // (`Δ`: the change of the exact loss, 0 with the mean decision).
             let accepted = p.and_then(|p| {
                 let after = (err + f64::from(d[p])) - f64::from(d[g]);
                 let mut ok = !rule.same_sign || sign(after) == sign0;
-                let mut q_after = q;
+                let (mut q_after, mut delta) = (q, 0.0);
                 if let Some(o) = &objective {
                     q_after = (q + lp_term(wanda(p), o.p)) - lp_term(wanda(g), o.p);
-                    ok = ok && o.phi(after, q_after) < o.phi(err, q);
+                    let (x, x_after) = match self.gram {
+                        Some(h) => {
+                            delta = loss.swap_gain(h, w64, p, g);
+                            (loss.loss, loss.loss + delta)
+                        }
+                        None => (err.abs(), after.abs()),
+                    };
+                    ok = ok && o.phi(x_after, q_after) < o.phi(x, q);
                 }
-                ok.then_some((p, after, q_after))
+                ok.then_some((p, after, q_after, delta))
             });
             if accepted.is_none() && !rule.skip {
                 stopped = true;
@@ -783,7 +863,10 @@ impl<T: Element> Engine<'_, T> {
                     }
                 }
             }
-            if let Some((p, after, q_after)) = accepted {
+            if let Some((p, after, q_after, delta)) = accepted {
+                if let Some(h) = self.gram {
+                    loss.apply(h, w64, p, g, delta);
+                }
                 out[p] = true;
                 out[g] = false;
                 err = after;
@@ -795,6 +878,7 @@ impl<T: Element> Engine<'_, T> {
             swaps,
             cycles,
             stopped,
+            loss: loss0.map(|l0| (l0, loss.measure(w64, out))),
         })
     }
 }
@@ -973,8 +1057,8 @@ mod tests {
         let mf = MatRef::new(&wf, l.rows, l.cols, "w").unwrap();
         let p = R2Dsnot::default();
         assert_eq!(
-            r2dsnot(mb, l.stats(), &prune, Layout::PerRow, &p, "").unwrap(),
-            r2dsnot(mf, l.stats(), &prune, Layout::PerRow, &p, "").unwrap()
+            r2dsnot(mb, l.stats(), &prune, Layout::PerRow, None, &p, "").unwrap(),
+            r2dsnot(mf, l.stats(), &prune, Layout::PerRow, None, &p, "").unwrap()
         );
         let d = Dsnot::default();
         assert_eq!(
@@ -1084,7 +1168,8 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("row 0, column 5"), "{e}");
-        let r2 = |p: R2Dsnot| r2dsnot(l.w(), l.stats(), &prune, Layout::PerRow, &p, "").is_err();
+        let r2 =
+            |p: R2Dsnot| r2dsnot(l.w(), l.stats(), &prune, Layout::PerRow, None, &p, "").is_err();
         assert!(r2(R2Dsnot {
             gamma: -1.0,
             ..R2Dsnot::default()
@@ -1139,7 +1224,7 @@ mod tests {
                 let prune = l.mask(pattern);
                 let d = Dsnot { same_sign: Some(same_sign), threshold: 0.01, ..Dsnot::default() };
                 let (a, rep) = dsnot(l.w(), l.stats(), &prune, layout, None, &d, "").unwrap();
-                let (b, _) = r2dsnot(l.w(), l.stats(), &prune, layout, &r2, "").unwrap();
+                let (b, _) = r2dsnot(l.w(), l.stats(), &prune, layout, None, &r2, "").unwrap();
                 for out in [&a, &b] {
                     prop_assert_eq!(counts(out, cols), counts(&prune, cols));
                     if layout != Layout::PerRow {
@@ -1159,7 +1244,7 @@ mod tests {
             r2.p = 1.0;
             let l = Layer::new(rows, cols, seed);
             let prune = l.mask(Pattern::PerRow { sparsity: 0.6 });
-            let (out, _) = r2dsnot(l.w(), l.stats(), &prune, Layout::PerRow, &r2, "").unwrap();
+            let (out, _) = r2dsnot(l.w(), l.stats(), &prune, Layout::PerRow, None, &r2, "").unwrap();
             for i in 0..rows {
                 let (e0, p0) = l.err_pen(&prune, i);
                 let (e1, p1) = l.err_pen(&out, i);
@@ -1184,9 +1269,134 @@ mod tests {
             prop_assert_eq!(&out, &prune);
             prop_assert_eq!(rep.cycles, 0);
             let huge = R2Dsnot { threshold: 1e30, ..R2Dsnot::default() };
-            let (out, rep) = r2dsnot(l.w(), l.stats(), &prune, Layout::PerRow, &huge, "").unwrap();
+            let (out, rep) = r2dsnot(l.w(), l.stats(), &prune, Layout::PerRow, None, &huge, "").unwrap();
             prop_assert_eq!(&out, &prune);
             prop_assert_eq!((rep.rows_stopped, rep.cycles), (5, 1));
         }
+
+        #[test]
+        fn the_exact_decision_never_worsens_its_objective(
+            rows in 1usize..6, groups in 2usize..12, seed in any::<u64>(),
+            mut r2 in r2_params(), nm in any::<bool>(),
+        ) {
+            // §9's R² switch: Φ = L/L⁰ + γ pen/pen⁰ never increases (p = 1),
+            // with γ = 0 neither does L; the report's losses are exact.
+            r2.p = 1.0;
+            r2.decision = Decision::Exact;
+            let cols = 4 * groups;
+            let l = Layer::new(rows, cols, seed);
+            let h = gram(cols, seed);
+            let hm = MatRef::new(&h, cols, cols, "h").unwrap();
+            let (layout, pattern) = if nm {
+                (Layout::NM { n: 2, m: 4 }, Pattern::NM { n: 2, m: 4 })
+            } else {
+                (Layout::PerRow, Pattern::PerRow { sparsity: 0.6 })
+            };
+            let prune = l.mask(pattern);
+            let (out, rep) = r2dsnot(l.w(), l.stats(), &prune, layout, Some(hm), &r2, "").unwrap();
+            prop_assert_eq!(counts(&out, cols), counts(&prune, cols));
+            if nm {
+                prop_assert!(check_nm(&out, 2, 4));
+            }
+            let (mut before, mut after) = (0.0, 0.0);
+            for i in 0..rows {
+                let (l0, l1) = (loss(&l, &h, &prune, i), loss(&l, &h, &out, i));
+                let (_, p0) = l.err_pen(&prune, i);
+                let (_, p1) = l.err_pen(&out, i);
+                let tol = 1e-9 * (1.0 + l0);
+                if r2.gamma == 0.0 {
+                    prop_assert!(l1 <= l0 + tol, "row {}: {} -> {}", i, l0, l1);
+                }
+                let phi = |x: f64, p: f64| {
+                    (if l0 != 0.0 { x / l0 } else { 0.0 })
+                        + (if p0 != 0.0 { r2.gamma * (p / p0) } else { 0.0 })
+                };
+                prop_assert!(phi(l1, p1) <= phi(l0, p0) + 1e-9);
+                before += l0;
+                after += l1;
+            }
+            let (b, a) = rep.loss.unwrap();
+            prop_assert!((b - before).abs() <= 1e-9 * (1.0 + before));
+            prop_assert!((a - after).abs() <= 1e-9 * (1.0 + before));
+            // The mean decision ignores a Gram matrix it is given.
+            r2.decision = Decision::Mean;
+            prop_assert_eq!(
+                r2dsnot(l.w(), l.stats(), &prune, layout, Some(hm), &r2, "").unwrap(),
+                r2dsnot(l.w(), l.stats(), &prune, layout, None, &r2, "").unwrap()
+            );
+        }
+    }
+
+    /// A correlated Gram matrix `XᵀX` (exactly symmetric).
+    fn gram(cols: usize, seed: u64) -> Vec<f32> {
+        let mut g = SplitMix64::stream(seed, Axis::Col, 1);
+        let mut u = move || (g.next_u64() >> 40) as f64 / (1u64 << 24) as f64 - 0.5;
+        let tokens = cols + 5;
+        let x: Vec<f64> = (0..tokens * cols).map(|_| u()).collect();
+        let mut h = vec![0f32; cols * cols];
+        for a in 0..cols {
+            for b in a..cols {
+                let s: f64 = (0..tokens)
+                    .map(|t| {
+                        let xa = x[t * cols + a] + 0.8 * x[t * cols + (a + 1) % cols];
+                        let xb = x[t * cols + b] + 0.8 * x[t * cols + (b + 1) % cols];
+                        xa * xb
+                    })
+                    .sum();
+                h[a * cols + b] = s as f32;
+                h[b * cols + a] = s as f32;
+            }
+        }
+        h
+    }
+
+    /// `L_i = δᵀ H δ`, from scratch.
+    fn loss(l: &Layer, h: &[f32], m: &[bool], i: usize) -> f64 {
+        let n = l.cols;
+        let d = |j: usize| {
+            if m[i * n + j] {
+                f64::from(l.w[i * n + j])
+            } else {
+                0.0
+            }
+        };
+        (0..n)
+            .flat_map(|a| (0..n).map(move |b| (a, b)))
+            .map(|(a, b)| d(a) * f64::from(h[a * n + b]) * d(b))
+            .sum()
+    }
+
+    #[test]
+    fn the_exact_decision_needs_a_fitting_gram_matrix() {
+        let l = Layer::new(3, 8, 1);
+        let prune = l.mask(Pattern::PerRow { sparsity: 0.5 });
+        let exact = R2Dsnot {
+            decision: Decision::Exact,
+            ..R2Dsnot::default()
+        };
+        let run = |h: Option<MatRef<f32>>| {
+            r2dsnot(
+                l.w(),
+                l.stats(),
+                &prune,
+                Layout::PerRow,
+                h,
+                &exact,
+                "layer.q",
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(run(None).starts_with("layer.q: gram: decision = \"exact\" needs"));
+        let h = gram(7, 0);
+        let e = run(Some(MatRef::new(&h, 7, 7, "h").unwrap()));
+        assert!(e.contains("layer.q: gram: expected 8x8"), "{e}");
+        let mut h = gram(8, 0);
+        h[9] = f32::INFINITY;
+        let e = run(Some(MatRef::new(&h, 8, 8, "h").unwrap()));
+        assert!(
+            e.contains("layer.q: gram: non-finite value inf at row 1, column 1"),
+            "{e}"
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod mask;
 pub mod rng;
 pub mod score;
+pub mod swaps;
 pub mod vocab;
 
 pub use dtype::{Element, MatRef};

@@ -9,10 +9,11 @@
 //! the builder did not ask for. Building with no parameters yields the schema
 //! (names, defaults, docs) that [`vocabulary`] exports.
 
-use crate::dsnot::{Dsnot, OnReject, R2Dsnot, RiPhase};
+use crate::dsnot::{Decision, Dsnot, OnReject, R2Dsnot, RiPhase};
 use crate::error::{Error, Result};
 use crate::mask::{check_sparsity, Pattern};
 use crate::score::Score;
+use crate::swaps::Swaps;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -398,10 +399,12 @@ impl Method {
 pub enum Refiner {
     Dsnot(Dsnot),
     R2Dsnot(R2Dsnot),
+    /// Exact-objective swaps (methods.md §9).
+    Swaps(Swaps),
 }
 
 impl Refiner {
-    pub const NAMES: [&'static str; 2] = ["dsnot", "r2dsnot"];
+    pub const NAMES: [&'static str; 3] = ["dsnot", "r2dsnot", "swaps"];
 
     /// The refiner called `name` with `params` (see [`ParamReader`]).
     pub fn new(name: &str, params: &Params) -> Result<(Refiner, Map<String, Value>)> {
@@ -459,6 +462,27 @@ impl Refiner {
                     p: p.float("p", d.p, "norm of the pruned mass")?,
                     same_sign: p.flag("same_sign", d.same_sign, "keep the error's sign")?,
                     on_reject: p.choice("on_reject", d.on_reject, "a row at a rejected swap")?,
+                    decision: p.choice(
+                        "decision",
+                        d.decision,
+                        "Phi's error term: mean |err| or the exact loss (needs the Gram matrix)",
+                    )?,
+                })
+            }
+            "swaps" => {
+                let d = Swaps::default();
+                Refiner::Swaps(Swaps {
+                    candidates: p.count(
+                        "candidates",
+                        d.candidates,
+                        "kept and pruned candidates per row (per N:M group); >= in: full search",
+                    )?,
+                    max_swaps: p.count("max_swaps", d.max_swaps, "swaps per row at most")?,
+                    tol: p.float(
+                        "tol",
+                        d.tol,
+                        "apply a swap only if it lowers the row's loss by more than tol x loss",
+                    )?,
                 })
             }
             other => {
@@ -476,7 +500,24 @@ impl Refiner {
         match self {
             Refiner::Dsnot(_) => "dsnot",
             Refiner::R2Dsnot(_) => "r2dsnot",
+            Refiner::Swaps(_) => "swaps",
         }
+    }
+
+    /// Whether the refiner reads the Gram matrix `H` of the layer's inputs
+    /// (methods.md §9): `swaps`, and `r2dsnot` with `decision = exact`.
+    pub fn needs_gram(&self) -> bool {
+        match self {
+            Refiner::Dsnot(_) => false,
+            Refiner::R2Dsnot(r) => r.decision == Decision::Exact,
+            Refiner::Swaps(_) => true,
+        }
+    }
+
+    /// Whether the refiner reads the activation statistics `in_sq`, `sum`
+    /// and `var` (methods.md §2): DSnoT and R²-DSnoT.
+    pub fn needs_stats(&self) -> bool {
+        !matches!(self, Refiner::Swaps(_))
     }
 
     /// Whether an N:M refinement picks inside a group by the initial
@@ -503,6 +544,28 @@ impl FromStr for RiPhase {
 }
 
 impl Display for RiPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Self::NAMES[*self as usize])
+    }
+}
+
+impl Named for Decision {
+    const NAMES: &'static [&'static str] = &["mean", "exact"];
+}
+
+impl FromStr for Decision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        parse_named(
+            "decision",
+            s,
+            Self::NAMES,
+            &[Decision::Mean, Decision::Exact],
+        )
+    }
+}
+
+impl Display for Decision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(Self::NAMES[*self as usize])
     }
@@ -722,6 +785,8 @@ pub fn vocabulary() -> Value {
             let info = json!({
                 "parameters": schema_json(&schema),
                 "uses_initial_scores": r.uses_initial_scores(),
+                "needs_gram": r.needs_gram(),
+                "needs_stats": r.needs_stats(),
             });
             (name.to_string(), info)
         })
@@ -767,6 +832,9 @@ mod tests {
         }
         for name in OnReject::NAMES {
             assert_eq!(name.parse::<OnReject>().unwrap().to_string(), *name);
+        }
+        for name in Decision::NAMES {
+            assert_eq!(name.parse::<Decision>().unwrap().to_string(), *name);
         }
     }
 
@@ -876,5 +944,63 @@ mod tests {
         assert_eq!(v["default_method"], "wanda");
         assert_eq!(v["refiners"]["dsnot"]["uses_initial_scores"], true);
         assert_eq!(v["refiners"]["r2dsnot"]["uses_initial_scores"], false);
+        for (name, gram, stats) in [
+            ("dsnot", false, true),
+            ("r2dsnot", false, true),
+            ("swaps", true, false),
+        ] {
+            assert_eq!(v["refiners"][name]["needs_gram"], gram, "{name}");
+            assert_eq!(v["refiners"][name]["needs_stats"], stats, "{name}");
+        }
+        let swaps = &v["refiners"]["swaps"]["parameters"];
+        let names: Vec<&str> = (0..3).map(|k| swaps[k]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["candidates", "max_swaps", "tol"]);
+        assert_eq!(swaps[0]["default"], 16);
+        assert_eq!(swaps[1]["default"], 32);
+        assert_eq!(swaps[2]["default"], 1e-6);
+        let decision = &v["refiners"]["r2dsnot"]["parameters"][9];
+        assert_eq!(decision["name"], "decision");
+        assert_eq!(decision["default"], "mean");
+        assert_eq!(decision["choices"], json!(["mean", "exact"]));
+    }
+
+    #[test]
+    fn the_exact_decision_and_swaps_need_the_gram_matrix() {
+        let exact = params(&[("decision", ParamValue::Text("exact".into()))]);
+        let (r, effective) = Refiner::new("r2dsnot", &exact).unwrap();
+        assert!(r.needs_gram() && r.needs_stats());
+        assert_eq!(effective["decision"], "exact");
+        let (r, effective) = Refiner::new("r2dsnot", &Params::new()).unwrap();
+        assert!(!r.needs_gram());
+        assert_eq!(effective["decision"], "mean");
+        let given = params(&[
+            ("candidates", ParamValue::Int(4)),
+            ("tol", ParamValue::Int(0)),
+        ]);
+        let (r, effective) = Refiner::new("swaps", &given).unwrap();
+        assert_eq!(
+            r,
+            Refiner::Swaps(Swaps {
+                candidates: 4,
+                max_swaps: 32,
+                tol: 0.0
+            })
+        );
+        assert!(r.needs_gram() && !r.needs_stats());
+        assert_eq!(effective["max_swaps"], 32);
+        let e = Refiner::new(
+            "r2dsnot",
+            &params(&[("decision", ParamValue::Text("l2".into()))]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "r2dsnot: decision: \"l2\" is not one of mean, exact");
+        let e = Refiner::new("swaps", &params(&[("gamma", ParamValue::Int(1))]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "swaps: unknown parameter gamma; swaps takes candidates, max_swaps, tol"
+        );
     }
 }

@@ -125,6 +125,13 @@ impl Request {
         self.inner.method.needs_hessian()
     }
 
+    /// Whether the refinement reads the Gram matrix of each layer's inputs
+    /// (`swaps`, `r2dsnot` with `decision="exact"`).
+    #[getter]
+    fn refine_needs_gram(&self) -> bool {
+        self.inner.refiner.as_ref().is_some_and(|r| r.needs_gram())
+    }
+
     #[getter]
     fn updates_weights(&self) -> bool {
         self.inner.method.updates_weights()

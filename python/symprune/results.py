@@ -16,6 +16,9 @@ class LayerRecord:
     recon_error: float
     peak_rss_mb: float
     peak_gpu_mb: float | None
+    # The layer's summed layer-wise loss before and after refinement (see TensorRecord).
+    loss_before: float | None = None
+    loss_after: float | None = None
 
 
 @dataclass
@@ -23,6 +26,10 @@ class TensorRecord:
     name: str
     shape: tuple[int, ...]
     sparsity: float
+    # The layer-wise loss ‖X(W − W̃)‖² before and after refinement (methods.md §9),
+    # where the refiner computes it (swaps; r2dsnot with decision=exact).
+    loss_before: float | None = None
+    loss_after: float | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -109,7 +110,7 @@ def prune_streamed(
             calib,
             step,
             selection=spec.selection,
-            hessian=spec.request.needs_hessian,
+            hessian=spec.request.needs_hessian or spec.request.refine_needs_gram,
             offload=offload_activations,
             reduce_stats=ranks.reduce_stats if ranks is not None else None,
             progress=progress,
@@ -153,9 +154,19 @@ def _check_targets(streamed: StreamedModel, selection: _core.Selection) -> None:
     raise InvalidInputError("no linear layer matches --targets/--ignore; nothing would be pruned")
 
 
+@dataclass
+class StepResult:
+    """What a layer step did: whether it changed the layer's weights, and the layer's
+    summed layer-wise loss before/after refinement where the refiner computed it."""
+
+    changed: bool
+    loss_before: float | None = None
+    loss_after: float | None = None
+
+
 # What a layer step gets: layer index, chosen linears (relative name -> module),
-# their statistics; it returns True when it changed the layer's weights.
-LayerStep = Callable[[int, dict[str, torch.nn.Module], dict[str, LinearStats]], bool]
+# their statistics.
+LayerStep = Callable[[int, dict[str, torch.nn.Module], dict[str, LinearStats]], StepResult]
 
 
 def stream_layers(
@@ -200,7 +211,8 @@ def stream_layers(
         if reduce_stats is not None:
             reduce_stats(stats)
         err_num = err_den = 0.0
-        if step(i, chosen, stats):
+        done = step(i, chosen, stats)
+        if done.changed:
             outs = []
             for h, c, d in zip(acts, captured, dense, strict=True):
                 o = streamed.run_layer(i, h, c).to(act_device)
@@ -221,14 +233,19 @@ def stream_layers(
             recon_error=err_num / max(err_den, 1e-30),
             peak_rss_mb=peak_rss_mb(),
             peak_gpu_mb=torch.cuda.max_memory_allocated(streamed.device) / 2**20 if cuda else None,
+            loss_before=done.loss_before,
+            loss_after=done.loss_after,
         )
         records.append(rec)
-        bar.set_postfix(
-            s=f"{rec.seconds:.1f}",
-            sparsity=f"{rec.sparsity:.3f}",
-            err=f"{rec.recon_error:.2e}",
-            rss=f"{rec.peak_rss_mb:.0f}M",
-        )
+        shown = {
+            "s": f"{rec.seconds:.1f}",
+            "sparsity": f"{rec.sparsity:.3f}",
+            "err": f"{rec.recon_error:.2e}",
+            "rss": f"{rec.peak_rss_mb:.0f}M",
+        }
+        if rec.loss_before and rec.loss_after is not None:
+            shown["loss"] = f"{rec.loss_after / rec.loss_before - 1:+.0%}"
+        bar.set_postfix(shown)
     return records
 
 
@@ -247,25 +264,37 @@ def pruning_step(
     elif not VOCABULARY["refiners"][spec.refine]["uses_initial_scores"]:
         score_fn = None
 
-    def step(i: int, chosen: dict[str, torch.nn.Module], stats: dict[str, LinearStats]) -> bool:
+    def step(
+        i: int, chosen: dict[str, torch.nn.Module], stats: dict[str, LinearStats]
+    ) -> StepResult:
         prefix = streamed.layer_prefix(i)
         for rel, module in chosen.items():
             tensor = f"{prefix}.{rel}.weight"
             weight = _oriented(module)
             st = stats[rel].finalize()
-            hessian = stats[rel].hessian_matrix() if spec.request.needs_hessian else None
+            needs_h = spec.request.needs_hessian or spec.request.refine_needs_gram
+            hessian = stats[rel].hessian_matrix() if needs_h else None
             mask = method.fn(weight, st, hessian, spec, tensor)
+            record = TensorRecord(tensor, tuple(weight.shape), 0.0)
             if refiner is not None:
                 initial = score_fn(weight, st, spec, tensor) if score_fn else None
-                mask = refiner(weight, mask, st, spec, tensor, initial)
+                mask, refined = refiner(weight, mask, st, hessian, spec, tensor, initial)
+                record.loss_before, record.loss_after = refined.loss_before, refined.loss_after
             weight.masked_fill_(torch.from_numpy(mask).to(weight.device), 0)
-            zeros = int((weight == 0).sum())
-            report.tensors.append(TensorRecord(tensor, tuple(weight.shape), zeros / weight.numel()))
+            record.sparsity = int((weight == 0).sum()) / weight.numel()
+            report.tensors.append(record)
             if report.masks is not None:
                 report.masks[tensor] = mask
             if write is not None:
                 write(tensor, weight_of(module).data)
-        return True
+        losses = [
+            (r.loss_before, r.loss_after)
+            for r in report.tensors[-len(chosen) :]
+            if r.loss_before is not None and r.loss_after is not None
+        ]
+        if not losses:
+            return StepResult(True)
+        return StepResult(True, sum(b for b, _ in losses), sum(a for _, a in losses))
 
     return step
 
@@ -300,11 +329,13 @@ def calibrate_streamed(
     selection = selection or spec_selection()
     tensors: dict[str, torch.Tensor] = {}
 
-    def record(i: int, chosen: dict[str, torch.nn.Module], stats: dict[str, LinearStats]) -> bool:
+    def record(
+        i: int, chosen: dict[str, torch.nn.Module], stats: dict[str, LinearStats]
+    ) -> StepResult:
         for rel, st in stats.items():
             for key, value in st.finalize().items():
                 tensors[f"{streamed.layer_prefix(i)}.{rel}.{key}"] = torch.from_numpy(value)
-        return False
+        return StepResult(False)
 
     meta = {
         "format": "symprune-stats-v1",

@@ -29,10 +29,19 @@ if TYPE_CHECKING:
 MethodFn = Callable[["torch.Tensor", dict[str, np.ndarray], Any, PruneSpec, str], np.ndarray]
 # weight, stats, spec, tensor name -> the method's score matrix (score methods only)
 ScoreFn = Callable[["torch.Tensor", dict[str, np.ndarray], PruneSpec, str], np.ndarray]
-# weight, initial mask, stats, spec, tensor name, initial scores -> refined mask
+# weight, initial mask, stats, Gram matrix-or-None, spec, tensor name, initial scores
+# -> refined mask and the refiner's report (swaps, loss before/after where computed)
 RefineFn = Callable[
-    ["torch.Tensor", np.ndarray, dict[str, np.ndarray], PruneSpec, str, "np.ndarray | None"],
-    np.ndarray,
+    [
+        "torch.Tensor",
+        np.ndarray,
+        dict[str, np.ndarray],
+        Any,
+        PruneSpec,
+        str,
+        "np.ndarray | None",
+    ],
+    tuple[np.ndarray, Any],
 ]
 
 

@@ -6,10 +6,12 @@ SparseGPT it runs on the updated weights, as the reference does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-from symprune import ops
+from symprune import _core, ops
 from symprune.methods import register_refiner
 from symprune.spec import REFINERS, VOCABULARY, PruneSpec
 
@@ -19,15 +21,20 @@ def _make(name: str) -> None:
         weight: torch.Tensor,
         mask: np.ndarray,
         stats: dict[str, np.ndarray],
+        gram: torch.Tensor | None,
         spec: PruneSpec,
         tensor: str = "",
         initial_scores: np.ndarray | None = None,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, _core.RefineReport]:
         # DSnoT picks inside N:M groups by the initial method's scores;
         # R²-DSnoT by its own prune score (methods.md §7).
         uses = VOCABULARY["refiners"][name]["uses_initial_scores"]
-        extra = {"initial_scores": initial_scores} if uses else {}
-        refined, _ = ops.refine(
+        extra: dict[str, Any] = {"initial_scores": initial_scores} if uses else {}
+        if gram is not None and spec.request.refine_needs_gram:
+            # The Gram matrix of the layer's inputs (§9); SparseGPT's 2/N factor is
+            # harmless, the tolerance is relative.
+            extra["gram"] = gram.detach().float().cpu().numpy()
+        return ops.refine(
             name,
             weight.detach().cpu(),
             mask,
@@ -39,7 +46,6 @@ def _make(name: str) -> None:
             **extra,
             **spec.refine_params,
         )
-        return refined
 
     register_refiner(name, refine)
 

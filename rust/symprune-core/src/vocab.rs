@@ -475,12 +475,14 @@ impl Refiner {
                     candidates: p.count(
                         "candidates",
                         d.candidates,
+                        1,
                         "kept and pruned candidates per row (per N:M group); >= in: full search",
                     )?,
-                    max_swaps: p.count("max_swaps", d.max_swaps, "swaps per row at most")?,
-                    tol: p.float(
+                    max_swaps: p.count("max_swaps", d.max_swaps, 0, "swaps per row at most")?,
+                    tol: p.float_at_least(
                         "tol",
                         d.tol,
+                        0.0,
                         "apply a swap only if it lowers the row's loss by more than tol x loss",
                     )?,
                 })

@@ -268,6 +268,7 @@ def pruning_step(
         i: int, chosen: dict[str, torch.nn.Module], stats: dict[str, LinearStats]
     ) -> StepResult:
         prefix = streamed.layer_prefix(i)
+        first = len(report.tensors)
         for rel, module in chosen.items():
             tensor = f"{prefix}.{rel}.weight"
             weight = _oriented(module)
@@ -289,7 +290,7 @@ def pruning_step(
                 write(tensor, weight_of(module).data)
         losses = [
             (r.loss_before, r.loss_after)
-            for r in report.tensors[-len(chosen) :]
+            for r in report.tensors[first:]
             if r.loss_before is not None and r.loss_after is not None
         ]
         if not losses:

@@ -9,6 +9,7 @@ pub mod dsnot;
 pub mod dtype;
 pub mod error;
 pub mod mask;
+pub mod refine;
 pub mod rng;
 pub mod score;
 pub mod swaps;

@@ -713,13 +713,14 @@ impl Request {
         })
     }
 
-    /// Whether the Rust shard engine can run it alone: no refinement, the
-    /// weights kept as they are, and statistics either unneeded or stored.
+    /// Whether the Rust shard engine can run it alone: a score method (the
+    /// weights kept as they are) and either a statistics file, which also
+    /// serves any refinement (`symprune calibrate --gram` for the Gram
+    /// matrix), or no data needed at all.
     pub fn runs_shard_by_shard(&self, with_stats_file: bool) -> bool {
-        self.refiner.is_none()
-            && !self.method.updates_weights()
+        !self.method.updates_weights()
             && !self.method.needs_hessian()
-            && (with_stats_file || self.method.data_free())
+            && (with_stats_file || (self.method.data_free() && self.refiner.is_none()))
     }
 
     /// The run's fields of `sparsity.json`: `method`, `parameters`, `pattern`,
@@ -916,7 +917,28 @@ mod tests {
         assert_eq!(d["sparsity"], 0.5);
         assert_eq!(d["refine"], "dsnot");
         assert_eq!(d["refine_parameters"]["max_cycles"], 50);
-        assert!(!r.runs_shard_by_shard(true));
+        assert!(r.runs_shard_by_shard(true) && !r.runs_shard_by_shard(false));
+        let data_free_refined = Request::new(
+            Some("magnitude"),
+            &Params::new(),
+            None,
+            None,
+            Some("swaps"),
+            &Params::new(),
+        )
+        .unwrap();
+        assert!(!data_free_refined.runs_shard_by_shard(false));
+        assert!(data_free_refined.runs_shard_by_shard(true));
+        let sparsegpt = Request::new(
+            Some("sparsegpt"),
+            &Params::new(),
+            None,
+            None,
+            None,
+            &Params::new(),
+        )
+        .unwrap();
+        assert!(!sparsegpt.runs_shard_by_shard(true));
         let plain = Request::new(
             Some("magnitude"),
             &Params::new(),

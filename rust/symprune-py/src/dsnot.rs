@@ -8,9 +8,10 @@ use half::{bf16, f16};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use symprune_core::dsnot::{self, Layout, RefineStats, Report};
-use symprune_core::swaps::{self, SwapsReport};
-use symprune_core::{MatRef, Pattern, Refiner, Result};
+use symprune_core::dsnot::{Layout, RefineStats, Report};
+use symprune_core::refine::{self as core_refine, RefineInputs};
+use symprune_core::swaps::SwapsReport;
+use symprune_core::{MatRef, Refiner, Result};
 
 /// What a refinement did (see symprune-core's `dsnot::Report` and
 /// `swaps::SwapsReport`).
@@ -61,14 +62,6 @@ impl RefineReport {
     }
 }
 
-/// The structure a refinement keeps: N:M, or every row's count.
-fn layout(pattern: Pattern) -> Layout {
-    match pattern {
-        Pattern::NM { n, m } => Layout::NM { n, m },
-        _ => Layout::PerRow,
-    }
-}
-
 /// A row-major `f32` matrix argument: `(data, rows, cols)`.
 fn matrix<'a>(a: &'a PyReadonlyArray2<'_, f32>) -> PyResult<(&'a [f32], usize, usize)> {
     Ok((a.as_slice()?, a.shape()[0], a.shape()[1]))
@@ -103,7 +96,7 @@ fn refine<'py>(
     tensor: &str,
 ) -> PyResult<Refined<'py>> {
     let (refiner, _) = Refiner::new(refine, &to_params(py, params)?).map_err(|e| to_py(py, e))?;
-    let layout = layout(parse_pattern(py, pattern, None)?);
+    let layout = Layout::of(parse_pattern(py, pattern, None)?);
     let stats = if refiner.needs_stats() {
         let mut vectors = Vec::with_capacity(3);
         for (v, arg) in [
@@ -167,37 +160,19 @@ fn refine<'py>(
     let report = with_matrix!(py, weight, dtype, "weight", |w| {
         rows = w.rows();
         cols = w.cols();
-        let gram = gram.map(|g| mat(g, "gram")).transpose()?;
-        match (&refiner, stats) {
-            (Refiner::Dsnot(params), Some(stats)) => initial
-                .map(|s| mat(s, "initial_scores"))
-                .transpose()
-                .and_then(|init| dsnot::dsnot(w, stats, prune, layout, init, params, tensor))
-                .map(|(m, r)| (m, CoreReport::Dsnot(r))),
-            (Refiner::R2Dsnot(params), Some(stats)) => {
-                dsnot::r2dsnot(w, stats, prune, layout, gram, params, tensor)
-                    .map(|(m, r)| (m, CoreReport::Dsnot(r)))
-            }
-            (Refiner::Swaps(params), _) => {
-                let gram = gram.expect("swaps needs the Gram matrix (checked above)");
-                swaps::swaps(w, prune, gram, layout, params, tensor)
-                    .map(|(m, r)| (m, CoreReport::Swaps(r)))
-            }
-            (_, None) => unreachable!("the statistics of DSnoT and R²-DSnoT are checked above"),
-        }
+        let inputs = RefineInputs {
+            stats,
+            gram: gram.map(|g| mat(g, "gram")).transpose()?,
+            initial_scores: initial.map(|s| mat(s, "initial_scores")).transpose()?,
+        };
+        core_refine::refine(w, prune, &refiner, layout, inputs, tensor)
     })?;
     let (mask, report) = report;
     let report = match report {
-        CoreReport::Dsnot(r) => RefineReport::from_dsnot(py, r),
-        CoreReport::Swaps(r) => RefineReport::from_swaps(py, r),
+        core_refine::Refined::Dsnot(r) => RefineReport::from_dsnot(py, r),
+        core_refine::Refined::Swaps(r) => RefineReport::from_swaps(py, r),
     };
     Ok((to_matrix(py, mask, rows, cols), report))
-}
-
-/// The core report of either refiner family.
-enum CoreReport {
-    Dsnot(Report),
-    Swaps(SwapsReport),
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

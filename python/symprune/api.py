@@ -75,8 +75,10 @@ def prune(
     ``nsamples`` windows of ``seqlen`` tokens drawn with ``seed``. ``evaluate`` adds
     dense and pruned perplexity on the built-in test split.
 
-    Data-free methods, and score methods with a ``stats`` file, run shard by shard
-    in Rust without loading the model (nor torch); the others calibrate and prune
+    Data-free methods, and score methods with a ``stats`` file (refinement included:
+    ``swaps`` and ``r2dsnot`` with ``decision="exact"`` read the Gram matrices of
+    ``calibrate(gram=True)``), run shard by shard in Rust without loading the model
+    (nor torch); the others calibrate and prune
     layer by layer, streaming the layers from the shards, on the GPU when there is one.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks cooperate through
@@ -114,8 +116,8 @@ def prune(
     calib = Calibration(calibration, nsamples, seqlen, seed, batch_size)
     if stats is not None and not in_rust:
         raise InvalidInputError(
-            "stats: a statistics file serves the Rust engine (score methods without "
-            f"refinement); {spec.label()} calibrates layer by layer"
+            "stats: a statistics file serves the Rust engine (score methods, refined or "
+            f"not); {spec.label()} calibrates layer by layer"
         )
     if in_rust and (parts is not None or launched_world() <= 1):
         # Shard by shard in Rust: no torch, no process group.
@@ -211,7 +213,11 @@ def _prune_in_rust(
         rank=part[0],
         world_size=part[1],
     )
-    tensors = [TensorRecord(t.name, t.shape, t.sparsity) for t in rust.tensors if t.numel]
+    tensors = [
+        TensorRecord(t.name, t.shape, t.sparsity, t.loss_before, t.loss_after)
+        for t in rust.tensors
+        if t.numel
+    ]
     if ranks is not None:
         from symprune.calibration import distributed
 
@@ -226,7 +232,7 @@ def _prune_in_rust(
         model=str(model_dir),
         output=str(output),
         method=spec.method,
-        refine=None,
+        refine=spec.refine,
         settings=settings,
         device="cpu (Rust engine)",
         tensors=tensors,
@@ -248,11 +254,15 @@ def calibrate(
     device: str | None = None,
     targets: str | Sequence[str] | None = None,
     ignore: str | Sequence[str] | None = None,
+    gram: bool = False,
     progress: bool = True,
 ) -> Path:
     """Stores the dense model's activation statistics for pruning later (``stats=``).
 
-    Under ``torchrun`` the ranks calibrate data-parallel and rank 0 writes the file.
+    ``gram`` also stores each linear's Gram matrix (in × in float32, see
+    :func:`~symprune.calibration.pipeline.calibrate_streamed`), which ``prune(stats=...)``
+    needs to refine with ``swaps`` or ``r2dsnot`` with ``decision="exact"``. Under
+    ``torchrun`` the ranks calibrate data-parallel and rank 0 writes the file.
     """
     from symprune.calibration import distributed
     from symprune.calibration.pipeline import calibrate_streamed
@@ -267,6 +277,7 @@ def calibrate(
             calibration=calib,
             device=ranks.device if ranks else device,
             selection=selection_rule(targets, ignore),
+            gram=gram,
             progress=progress and (ranks is None or ranks.leader),
             ranks=ranks,
         )

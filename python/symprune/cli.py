@@ -132,7 +132,8 @@ def add_prune(sub: Any) -> None:
     p.add_argument(
         "--stats",
         metavar="FILE",
-        help="activation statistics from `symprune calibrate` (no model load)",
+        help="activation statistics from `symprune calibrate` (no model load; "
+        "--refine swaps and decision=exact need `calibrate --gram`)",
     )
     p.add_argument("--refine", choices=spec.REFINERS, help="mask refinement")
     _selection_args(p, "prune")
@@ -255,6 +256,12 @@ def add_calibrate(sub: Any) -> None:
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help=MODEL_HELP)
     p.add_argument("--out", default="stats.safetensors", help="output file")
+    p.add_argument(
+        "--gram",
+        action="store_true",
+        help="also store each linear's Gram matrix X^T X (in x in float32), which "
+        "`prune --stats` needs to refine with swaps or r2dsnot decision=exact",
+    )
     _selection_args(p, "calibrate")
     _progress_arg(p)
     _calibration_args(p)
@@ -275,6 +282,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         device=args.device,
         targets=args.targets,
         ignore=args.ignore,
+        gram=args.gram,
         progress=args.progress,
     )
     if launched_rank() == 0:

@@ -308,6 +308,7 @@ def calibrate_streamed(
     device: str | None = None,
     selection: _core.Selection | None = None,
     offload_activations: bool = False,
+    gram: bool = False,
     progress: bool = True,
     ranks: distributed.Ranks | None = None,
 ) -> Path:
@@ -315,7 +316,12 @@ def calibrate_streamed(
 
     The file is safetensors with one float32 entry per linear and statistic:
     ``<module>.in_sq``, ``<module>.sum``, ``<module>.var``, ``<module>.out_sq``
-    for the weight ``<module>.weight`` (methods.md §2). The model is not pruned
+    for the weight ``<module>.weight`` (methods.md §2); with ``gram`` also
+    ``<module>.gram``, the Gram matrix of its inputs (in × in, methods.md §9)
+    with SparseGPT's factor, ``(2/N) Σ x xᵀ`` (:meth:`LinearStats.hessian_matrix`),
+    which refinement (``swaps``, ``r2dsnot`` with ``decision=exact``) reads from
+    ``prune --stats``; any positive factor refines the same, as the tolerance is
+    relative. The model is not pruned
     in between, so these are the dense model's statistics (one-shot, not
     sequential). With ``ranks``, the ranks split the windows as in
     :func:`prune_streamed` and rank 0 writes the file.
@@ -334,8 +340,11 @@ def calibrate_streamed(
         i: int, chosen: dict[str, torch.nn.Module], stats: dict[str, LinearStats]
     ) -> StepResult:
         for rel, st in stats.items():
+            prefix = f"{streamed.layer_prefix(i)}.{rel}"
             for key, value in st.finalize().items():
-                tensors[f"{streamed.layer_prefix(i)}.{rel}.{key}"] = torch.from_numpy(value)
+                tensors[f"{prefix}.{key}"] = torch.from_numpy(value)
+            if gram:
+                tensors[f"{prefix}.gram"] = st.hessian_matrix().float().cpu().contiguous()
         return StepResult(False)
 
     meta = {
@@ -362,6 +371,7 @@ def calibrate_streamed(
             calib,
             record,
             selection=selection,
+            hessian=gram,
             offload=offload_activations,
             reduce_stats=ranks.reduce_stats if ranks is not None else None,
             progress=progress,

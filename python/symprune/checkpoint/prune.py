@@ -24,6 +24,9 @@ class TensorReport:
     numel: int
     seconds: float
     resumed: bool
+    # The refiner's layer-wise loss before/after (methods.md §9), where it computes it.
+    loss_before: float | None = None
+    loss_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,14 @@ def prune_checkpoint(
     """Prunes the checkpoint in ``model`` into ``output``, shard by shard, in Rust.
 
     ``spec`` (or its ``fields``: ``method``, ``params``, ``sparsity``, ``pattern``,
-    ``targets``, ``ignore``; see :class:`~symprune.spec.PruneSpec`) must be a score
-    method without refinement. ``magnitude``, ``symmetric`` and ``ria``/``lp-ria``/
-    ``stochria`` with ``a=0`` need no data; the others read ``stats``, a safetensors
-    file with F32 ``X.in_sq`` / ``X.out_sq`` per weight ``X.weight``. By default the
+    ``targets``, ``ignore``, ``refine``, ``refine_params``; see
+    :class:`~symprune.spec.PruneSpec`) must be a score method. ``magnitude``,
+    ``symmetric`` and ``ria``/``lp-ria``/``stochria`` with ``a=0`` need no data; the
+    others, and every refinement, read ``stats``, a safetensors file from
+    ``symprune calibrate`` with F32 ``X.in_sq`` / ``X.out_sq`` (``X.sum`` / ``X.var``
+    for DSnoT and R²-DSnoT; ``X.gram`` from ``--gram`` for ``swaps`` and
+    ``decision=exact``) per weight ``X.weight``; a refined tensor's mask is refined
+    before it is applied (the whole tensor at once). By default the
     linear weights of the decoder blocks are pruned. ``progress=True`` shows a bar.
     A re-run after an interruption resumes and gives byte-identical output.
 

@@ -42,7 +42,9 @@ def sparse24(module: str, w: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def compress(tensors: dict[str, torch.Tensor], fmt: str, targets: set[str]) -> dict[str, torch.Tensor]:
+def compress(
+    tensors: dict[str, torch.Tensor], fmt: str, targets: set[str]
+) -> dict[str, torch.Tensor]:
     """A shard's tensors as the package compresses them: ``X.weight`` of every module
     ``X`` in ``targets`` replaced by its compressed tensors, the rest as they are."""
     one = bitmask if fmt == "sparse-bitmask" else sparse24

@@ -21,6 +21,7 @@ from reference.checkpoints import tiny_llama
 from symprune import CheckpointError, cli
 from symprune.checkpoint import (
     COMPRESSED_FORMATS,
+    DEFAULT_COMPRESSED_FORMAT,
     SAVE_FORMATS,
     compress,
     decompress,
@@ -123,6 +124,7 @@ def check_round_trip(dense: Path, tmp: Path, fmt: str) -> Path:
 def test_formats_come_from_the_core():
     assert SAVE_FORMATS == ("dense", "sparse-bitmask", "sparse-24-bitmask")
     assert COMPRESSED_FORMATS == SAVE_FORMATS[1:]
+    assert DEFAULT_COMPRESSED_FORMAT == "sparse-bitmask"
 
 
 @pytest.mark.parametrize("fmt", COMPRESSED_FORMATS)

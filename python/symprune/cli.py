@@ -526,7 +526,7 @@ def add_compress(sub: Any) -> None:
     p.add_argument(
         "--format",
         choices=checkpoint.COMPRESSED_FORMATS,
-        default=checkpoint.COMPRESSED_FORMATS[0],
+        default=checkpoint.DEFAULT_COMPRESSED_FORMAT,
         help="sparse-bitmask (any sparsity) or sparse-24-bitmask (2:4); default %(default)s",
     )
     p.add_argument("--targets", metavar="RE", action="append", help="compress only these")

@@ -21,6 +21,7 @@ outside it (see :class:`CheckpointWriter`).
 
 from symprune.checkpoint.compress import (
     COMPRESSED_FORMATS,
+    DEFAULT_COMPRESSED_FORMAT,
     SAVE_FORMATS,
     CompressedTensor,
     CompressReport,
@@ -47,6 +48,7 @@ from symprune.checkpoint.prune import (
 
 __all__ = [
     "COMPRESSED_FORMATS",
+    "DEFAULT_COMPRESSED_FORMAT",
     "SAVE_FORMATS",
     "CompressReport",
     "CompressedTensor",

@@ -18,7 +18,9 @@ from symprune.util import peak_rss_mb
 
 SAVE_FORMATS: tuple[str, ...] = tuple(VOCABULARY["save_formats"])
 """Every save format; all but ``dense`` are compressed formats."""
-COMPRESSED_FORMATS: tuple[str, ...] = tuple(f for f in SAVE_FORMATS if f != "dense")
+COMPRESSED_FORMATS: tuple[str, ...] = tuple(VOCABULARY["compressed_formats"])
+"""The compressed-tensors sparse formats (every save format but dense)."""
+DEFAULT_COMPRESSED_FORMAT: str = VOCABULARY["default_compressed_format"]
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def _bar(
 def compress(
     model: str | Path,
     output: str | Path,
-    format: str = "sparse-bitmask",
+    format: str = DEFAULT_COMPRESSED_FORMAT,
     *,
     targets: str | Sequence[str] | None = None,
     ignore: str | Sequence[str] | None = None,

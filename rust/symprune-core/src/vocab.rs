@@ -611,6 +611,8 @@ impl SaveFormat {
     pub const NAMES: [&'static str; 3] = ["dense", "sparse-bitmask", "sparse-24-bitmask"];
     /// The format used when none is given.
     pub const DEFAULT: &'static str = "dense";
+    /// The format `compress` writes when none is given.
+    pub const DEFAULT_COMPRESSED: &'static str = "sparse-bitmask";
 
     /// The format called `name`.
     pub fn parse(name: &str) -> Result<SaveFormat> {
@@ -848,6 +850,11 @@ pub fn vocabulary() -> Value {
         "default_pattern": Pattern::DEFAULT,
         "save_formats": SaveFormat::NAMES,
         "default_save_format": SaveFormat::DEFAULT,
+        "compressed_formats": SaveFormat::NAMES
+            .iter()
+            .filter(|n| SaveFormat::parse(n).is_ok_and(|f| f != SaveFormat::Dense))
+            .collect::<Vec<_>>(),
+        "default_compressed_format": SaveFormat::DEFAULT_COMPRESSED,
     })
 }
 

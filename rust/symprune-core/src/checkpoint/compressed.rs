@@ -806,8 +806,8 @@ struct Compressed<'a> {
     dtype: Dtype,
     rows: usize,
     cols: usize,
-    values: &'a TensorInfo,
-    bitmask: &'a TensorInfo,
+    values: (&'a Shard, &'a TensorInfo),
+    bitmask: (&'a Shard, &'a TensorInfo),
     /// Where each row's values start (`rows + 1` entries).
     offsets: Vec<u64>,
 }
@@ -859,26 +859,29 @@ fn read_format(dir: &Path) -> Result<(SaveFormat, Map<String, Value>)> {
     }
 }
 
-/// Finds and checks the compressed weights of `shard`: every part present,
-/// dtypes and shapes consistent, the bitmask's popcount equal to the values
-/// (and to the row offsets).
-fn find_compressed<'a>(
-    shard: &'a Shard,
+/// Finds and checks the compressed weights of `checkpoint` (their parts may
+/// lie in different shards): every part present, dtypes and shapes
+/// consistent, the bitmask's popcount equal to the values (and to the row
+/// offsets).
+fn find_compressed(
+    checkpoint: &Checkpoint,
     format: SaveFormat,
-) -> Result<HashMap<String, Compressed<'a>>> {
-    let mut groups: BTreeMap<String, HashMap<&str, &TensorInfo>> = BTreeMap::new();
-    for t in &shard.header.tensors {
+) -> Result<HashMap<String, Compressed<'_>>> {
+    type Parts<'a> = HashMap<&'static str, (&'a Shard, &'a TensorInfo)>;
+    let mut groups: BTreeMap<String, Parts> = BTreeMap::new();
+    for (shard, t) in checkpoint.tensors() {
         for &suffix in param_suffixes(format) {
             if let Some(module) = t.name.strip_suffix(&format!(".{suffix}")) {
                 groups
                     .entry(module.to_string())
                     .or_default()
-                    .insert(suffix, t);
+                    .insert(suffix, (shard, t));
             }
         }
     }
     let mut found = HashMap::new();
     for (module, parts) in groups {
+        let (shard, _) = parts.values().next().expect("one part");
         let err = |msg: String| Error::tensor(&shard.path, format!("{module}.weight"), msg);
         for &suffix in param_suffixes(format) {
             if !parts.contains_key(suffix) {
@@ -888,19 +891,19 @@ fn find_compressed<'a>(
                 )));
             }
         }
-        if shard.get(&format!("{module}.weight")).is_some() {
+        if checkpoint.get(&format!("{module}.weight")).is_some() {
             return Err(err(
                 "is stored both dense and compressed; remove one of them".into(),
             ));
         }
-        let shape = parts["shape"];
+        let (shape_shard, shape) = parts["shape"];
         if shape.dtype != Dtype::I64 || shape.numel() != 2 {
             return Err(err(format!(
                 "{module}.shape is {} {:?}; expected the two I64 dimensions of the weight",
                 shape.dtype, shape.shape
             )));
         }
-        let dims: Vec<i64> = bytemuck::pod_collect_to_vec(shard.data(shape)?);
+        let dims: Vec<i64> = bytemuck::pod_collect_to_vec(shape_shard.data(shape)?);
         let (rows, cols) = match (usize::try_from(dims[0]), usize::try_from(dims[1])) {
             (Ok(r), Ok(c))
                 if r.checked_mul(c)
@@ -910,7 +913,8 @@ fn find_compressed<'a>(
             }
             _ => return Err(err(format!("{module}.shape {dims:?} is not a valid shape"))),
         };
-        let (values, bitmask) = (parts["compressed"], parts["bitmask"]);
+        let ((values_shard, values), (bitmask_shard, bitmask)) =
+            (parts["compressed"], parts["bitmask"]);
         if zero_mask(values.dtype).is_none() {
             return Err(err(format!(
                 "{module}.compressed is {}, which symprune cannot decompress",
@@ -925,7 +929,7 @@ fn find_compressed<'a>(
                 bitmask.dtype, bitmask.shape
             )));
         }
-        let bits = shard.data(bitmask)?;
+        let bits = bitmask_shard.data(bitmask)?;
         let tail = if cols % 8 == 0 {
             0xff
         } else {
@@ -970,11 +974,15 @@ fn find_compressed<'a>(
                 }
             }
             _ => {
-                let row_offsets = parts["row_offsets"];
+                let (offsets_shard, row_offsets) = parts["row_offsets"];
                 let expected: Vec<i64> = offsets[..rows].iter().map(|&o| o as i64).collect();
                 let given: Option<Vec<i64>> = (row_offsets.dtype == Dtype::I64
                     && row_offsets.shape == [rows])
-                .then(|| shard.data(row_offsets).map(bytemuck::pod_collect_to_vec))
+                .then(|| {
+                    offsets_shard
+                        .data(row_offsets)
+                        .map(bytemuck::pod_collect_to_vec)
+                })
                 .transpose()?;
                 if given.as_ref() != Some(&expected) {
                     return Err(err(format!(
@@ -997,8 +1005,8 @@ fn find_compressed<'a>(
                 dtype: values.dtype,
                 rows,
                 cols,
-                values,
-                bitmask,
+                values: (values_shard, values),
+                bitmask: (bitmask_shard, bitmask),
                 offsets,
             },
         );
@@ -1013,9 +1021,10 @@ enum Item<'a, 'b> {
 }
 
 /// Writes one compressed weight as its dense tensor at the current position.
-fn write_dense(file: &mut ShardFile, shard: &Shard, c: &Compressed) -> Result<()> {
+fn write_dense(file: &mut ShardFile, c: &Compressed) -> Result<()> {
     let (size, _) = zero_mask(c.dtype).expect("checked");
-    let (values, bits) = (shard.data(c.values)?, shard.data(c.bitmask)?);
+    let ((shard, info), (bitmask_shard, bitmask)) = (c.values, c.bitmask);
+    let (values, bits) = (shard.data(info)?, bitmask_shard.data(bitmask)?);
     let mask_row = c.cols.div_ceil(8);
     let block = block_rows(c.cols * size);
     let at = file.pos;
@@ -1037,7 +1046,7 @@ fn write_dense(file: &mut ShardFile, shard: &Shard, c: &Compressed) -> Result<()
             }
             file.write_at(at + (r0 * c.cols * size) as u64, &dense)
         })?;
-    shard.release(shard.offset(c.values), values.len());
+    shard.release(shard.offset(info), values.len());
     file.pos += (c.rows * c.cols * size) as u64;
     Ok(())
 }
@@ -1049,21 +1058,18 @@ pub fn decompress_checkpoint(input: &Path, output: &Path) -> Result<Report> {
     let started = Instant::now();
     let checkpoint = Checkpoint::open(input)?;
     let (format, mut config) = read_format(&checkpoint.dir)?;
-    let found = checkpoint
-        .shards
-        .iter()
-        .map(|s| find_compressed(s, format))
-        .collect::<Result<Vec<_>>>()?;
+    let found = find_compressed(&checkpoint, format)?;
     let mut out = Output::claim(&checkpoint, output)?;
     let mut tensors = Vec::new();
     let (mut zeros, mut numel) = (0u64, 0u64);
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
     let mut names = Vec::new();
-    for (shard, found) in checkpoint.shards.iter().zip(&found) {
-        // Each weight takes the place of its first part.
+    // Each weight takes the place of its first part (its parts may lie in
+    // several shards, as transformers' size-based sharding leaves them).
+    let mut placed = std::collections::HashSet::new();
+    for shard in &checkpoint.shards {
         let mut entries = Vec::new();
         let mut order: Vec<Item> = Vec::new();
-        let mut placed = std::collections::HashSet::new();
         for t in &shard.header.tensors {
             bytes_in += t.nbytes() as u64;
             let module = param_suffixes(format)
@@ -1098,10 +1104,10 @@ pub fn decompress_checkpoint(input: &Path, output: &Path) -> Result<Report> {
         for item in &order {
             match item {
                 Item::Weight(c) => {
-                    write_dense(&mut file, shard, c)?;
+                    write_dense(&mut file, c)?;
                     let n = (c.rows * c.cols) as u64;
                     // Flagged elements may be zeros too (2:4 groups with fewer nonzeros).
-                    let (flagged_zeros, _) = float_zeros(c.values, shard.data(c.values)?);
+                    let (flagged_zeros, _) = float_zeros(c.values.1, c.values.0.data(c.values.1)?);
                     let nnz = c.offsets[c.rows] - flagged_zeros;
                     let size = zero_mask(c.dtype).expect("checked").0;
                     if matches!(c.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) {
@@ -1117,8 +1123,8 @@ pub fn decompress_checkpoint(input: &Path, output: &Path) -> Result<Report> {
                         dense_bytes: n * size as u64,
                         compressed_bytes: parts
                             .iter()
-                            .filter_map(|p| shard.get(p))
-                            .map(|t| t.nbytes() as u64)
+                            .filter_map(|p| checkpoint.get(p))
+                            .map(|(_, t)| t.nbytes() as u64)
                             .sum(),
                     });
                 }
@@ -1602,6 +1608,44 @@ mod tests {
             r#"{"quantization_config": {"config_groups": {"g": {}}, "sparsity_config": {"format": "sparse-bitmask"}}}"#,
         );
         assert!(e.contains("symprune decompresses sparsity only"), "{e}");
+    }
+
+    #[test]
+    fn a_weight_whose_parts_span_shards_is_decompressed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in");
+        model(&input, two_four);
+        let packed = tmp.path().join("packed");
+        compress(&input, &packed, SaveFormat::SparseBitmask).unwrap();
+        let (first, second) = (
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        );
+        let name = "model.layers.0.mlp.up_proj.bitmask";
+        let mut moved = None;
+        tamper(&packed, second, |t| {
+            let k = t.iter().position(|x| x.0 == name).unwrap();
+            moved = Some(t.remove(k));
+        });
+        tamper(&packed, first, |t| t.push(moved.take().unwrap()));
+        let index_path = packed.join(INDEX_FILE);
+        let mut index: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+        index["weight_map"][name] = first.into();
+        fs::write(&index_path, index.to_string()).unwrap();
+        let back = tmp.path().join("back");
+        decompress_checkpoint(&packed, &back).unwrap();
+        let (original, restored) = (
+            Checkpoint::open(&input).unwrap(),
+            Checkpoint::open(&back).unwrap(),
+        );
+        for (_, t) in original.tensors() {
+            assert_eq!(
+                restored.tensor(&t.name).unwrap().data,
+                original.tensor(&t.name).unwrap().data,
+                "{}",
+                t.name
+            );
+        }
     }
 
     #[test]

@@ -947,6 +947,7 @@ fn find_compressed(
                 })
                 .collect()
         };
+        bitmask_shard.release(bitmask_shard.offset(bitmask), bits.len());
         let offsets = prefix_sums(&counts);
         let total = offsets[rows];
         if values.numel() as u64 != total {
@@ -1047,6 +1048,7 @@ fn write_dense(file: &mut ShardFile, c: &Compressed) -> Result<()> {
             file.write_at(at + (r0 * c.cols * size) as u64, &dense)
         })?;
     shard.release(shard.offset(info), values.len());
+    bitmask_shard.release(bitmask_shard.offset(bitmask), bits.len());
     file.pos += (c.rows * c.cols * size) as u64;
     Ok(())
 }
@@ -1104,10 +1106,10 @@ pub fn decompress_checkpoint(input: &Path, output: &Path) -> Result<Report> {
         for item in &order {
             match item {
                 Item::Weight(c) => {
-                    write_dense(&mut file, c)?;
                     let n = (c.rows * c.cols) as u64;
                     // Flagged elements may be zeros too (2:4 groups with fewer nonzeros).
                     let (flagged_zeros, _) = float_zeros(c.values.1, c.values.0.data(c.values.1)?);
+                    write_dense(&mut file, c)?;
                     let nnz = c.offsets[c.rows] - flagged_zeros;
                     let size = zero_mask(c.dtype).expect("checked").0;
                     if matches!(c.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) {

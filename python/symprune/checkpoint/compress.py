@@ -165,8 +165,9 @@ def compress(
 
 def decompress(model: str | Path, output: str | Path) -> CompressReport:
     """Writes the compressed-tensors sparse checkpoint ``model`` into ``output`` as a
-    dense one (the ``quantization_config`` block removed from ``config.json``); a
-    checkpoint :func:`compress` wrote comes back byte for byte. Malformed inputs raise
+    dense one (the ``quantization_config`` block removed from ``config.json``); what
+    :func:`compress` wrote from shards laid out as safetensors writes them comes back
+    byte for byte (docs/formats.md §4). Malformed inputs raise
     :class:`~symprune.errors.CheckpointError` naming the file and tensor before
     anything is written."""
     return _report(model, output, _core.decompress_checkpoint(str(model), str(output)))

@@ -520,6 +520,62 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_compress(sub: Any) -> None:
+    p = sub.add_parser(
+        "compress",
+        help="store a pruned checkpoint in a compressed-tensors sparse format",
+        description="Write the pruned checkpoint IN into OUT in a compressed-tensors sparse "
+        "format, shard by shard without loading the model. The tensors compressed are those "
+        "pruning selects (--targets/--ignore as for prune); one the format cannot hold is "
+        "written dense, listed in the config's ignore and in the summary.",
+    )
+    p.add_argument("input", metavar="IN")
+    p.add_argument("output", metavar="OUT")
+    p.add_argument(
+        "--format",
+        choices=checkpoint.COMPRESSED_FORMATS,
+        default=checkpoint.DEFAULT_COMPRESSED_FORMAT,
+        help="sparse-bitmask (any sparsity) or sparse-24-bitmask (2:4); default %(default)s",
+    )
+    p.add_argument("--targets", metavar="RE", action="append", help="compress only these")
+    p.add_argument("--ignore", metavar="RE", action="append", help="never compress these")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=run_compress)
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    done = checkpoint.compress(
+        args.input,
+        args.output,
+        args.format,
+        targets=args.targets,
+        ignore=args.ignore,
+        progress=sys.stderr.isatty(),
+    )
+    print(json.dumps(done.to_dict(), indent=2) if args.json else done.summary())
+    return 0
+
+
+def add_decompress(sub: Any) -> None:
+    p = sub.add_parser(
+        "decompress",
+        help="turn a compressed-tensors sparse checkpoint back into a dense one",
+        description="Write the sparse-bitmask or sparse-24-bitmask checkpoint IN into OUT as "
+        "a dense checkpoint, shard by shard; what `symprune compress` wrote comes back byte "
+        "for byte.",
+    )
+    p.add_argument("input", metavar="IN")
+    p.add_argument("output", metavar="OUT")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=run_decompress)
+
+
+def run_decompress(args: argparse.Namespace) -> int:
+    done = checkpoint.decompress(args.input, args.output)
+    print(json.dumps(done.to_dict(), indent=2) if args.json else done.summary())
+    return 0
+
+
 COMMANDS: list[Callable[[Any], None]] = [
     add_prune,
     add_calibrate,
@@ -527,6 +583,8 @@ COMMANDS: list[Callable[[Any], None]] = [
     add_finalize,
     add_eval,
     add_report,
+    add_compress,
+    add_decompress,
 ]
 
 

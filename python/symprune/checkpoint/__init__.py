@@ -10,12 +10,25 @@ inspected shard by shard, one tensor at a time, so memory stays near one tensor
   ``rank`` / ``world_size`` split the shards) and :func:`finalize`;
 - :mod:`~symprune.checkpoint.inspect`: :func:`inspect`, per-tensor sparsity and
   an N:M check.
+- :mod:`~symprune.checkpoint.compress`: :func:`compress` into the
+  compressed-tensors sparse formats (``sparse-bitmask``, ``sparse-24-bitmask``)
+  and :func:`decompress` back to dense.
 
 Malformed files raise :class:`~symprune.errors.CheckpointError` naming the
 file, the tensor and the fix; so does an output that could harm anything
 outside it (see :class:`CheckpointWriter`).
 """
 
+from symprune.checkpoint.compress import (
+    COMPRESSED_FORMATS,
+    DEFAULT_COMPRESSED_FORMAT,
+    SAVE_FORMATS,
+    CompressedTensor,
+    CompressReport,
+    LeftDense,
+    compress,
+    decompress,
+)
 from symprune.checkpoint.inspect import Inspection, TensorSparsity, inspect
 from symprune.checkpoint.io import (
     MANIFEST,
@@ -34,6 +47,14 @@ from symprune.checkpoint.prune import (
 )
 
 __all__ = [
+    "COMPRESSED_FORMATS",
+    "DEFAULT_COMPRESSED_FORMAT",
+    "SAVE_FORMATS",
+    "CompressReport",
+    "CompressedTensor",
+    "LeftDense",
+    "compress",
+    "decompress",
     "MANIFEST",
     "CheckpointReader",
     "CheckpointWriter",

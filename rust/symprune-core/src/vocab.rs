@@ -595,6 +595,52 @@ impl Display for OnReject {
     }
 }
 
+/// How a pruned checkpoint is stored: dense (zeros in place), or one of the
+/// compressed-tensors sparse formats (docs/formats.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveFormat {
+    Dense,
+    /// `sparse-bitmask`: any sparsity; the nonzeros, a bitmask and row offsets.
+    SparseBitmask,
+    /// `sparse-24-bitmask`: 2:4 weights; two values of every four and a bitmask.
+    Sparse24Bitmask,
+}
+
+impl SaveFormat {
+    /// The format names, as compressed-tensors spells them.
+    pub const NAMES: [&'static str; 3] = ["dense", "sparse-bitmask", "sparse-24-bitmask"];
+    /// The format used when none is given.
+    pub const DEFAULT: &'static str = "dense";
+    /// The format `compress` writes when none is given.
+    pub const DEFAULT_COMPRESSED: &'static str = "sparse-bitmask";
+
+    /// The format called `name`.
+    pub fn parse(name: &str) -> Result<SaveFormat> {
+        match name.trim() {
+            "dense" => Ok(SaveFormat::Dense),
+            "sparse-bitmask" => Ok(SaveFormat::SparseBitmask),
+            "sparse-24-bitmask" => Ok(SaveFormat::Sparse24Bitmask),
+            other => Err(Error::invalid(
+                "format",
+                format!(
+                    "{other:?} is not a save format; use one of {}",
+                    Self::NAMES.join(", ")
+                ),
+            )),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        Self::NAMES[*self as usize]
+    }
+}
+
+impl Display for SaveFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Pattern {
     /// The pattern names; `N:M` stands for any `n:m` such as `2:4`.
     pub const NAMES: [&'static str; 4] = ["per-row", "per-matrix", "adaptive", "N:M"];
@@ -803,6 +849,13 @@ pub fn vocabulary() -> Value {
         "default_method": DEFAULT_METHOD,
         "default_sparsity": DEFAULT_SPARSITY,
         "default_pattern": Pattern::DEFAULT,
+        "save_formats": SaveFormat::NAMES,
+        "default_save_format": SaveFormat::DEFAULT,
+        "compressed_formats": SaveFormat::NAMES
+            .iter()
+            .filter(|n| SaveFormat::parse(n).is_ok_and(|f| f != SaveFormat::Dense))
+            .collect::<Vec<_>>(),
+        "default_compressed_format": SaveFormat::DEFAULT_COMPRESSED,
     })
 }
 

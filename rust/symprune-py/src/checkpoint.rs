@@ -13,10 +13,12 @@ use pythonize::{depythonize, pythonize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use symprune_core::checkpoint::compressed::Progress as CompressProgress;
 use symprune_core::checkpoint::fsutil::{self, Protected};
 use symprune_core::checkpoint::{
     self as ck, parse_dtype, Checkpoint, Part, Plan, Progress, WriterOptions,
 };
+use symprune_core::vocab::SaveFormat;
 use symprune_core::Pattern;
 
 /// A core report as Python objects.
@@ -190,34 +192,94 @@ fn prune_checkpoint<'py>(
         part: Part::new(rank, world).map_err(|e| to_py(py, e))?,
     };
     let mut failure: Option<PyErr> = None;
-    let mut on_progress = |event: Progress| -> bool {
-        Python::attach(|py| {
-            let called = match (&progress, event) {
-                (Some(callback), Progress::Start { tensors }) => {
-                    let payload = PyDict::new(py);
-                    payload
-                        .set_item("tensors", tensors)
-                        .and_then(|()| callback.call1(py, ("start", payload)).map(drop))
-                }
-                (Some(callback), Progress::Tensor(report)) => to_python(py, report)
-                    .and_then(|payload| callback.call1(py, ("tensor", payload)).map(drop)),
-                (None, _) => Ok(()),
-            };
-            match called.and_then(|()| py.check_signals()) {
-                Ok(()) => true,
-                Err(e) => {
-                    failure = Some(e);
-                    false
-                }
-            }
-        })
+    let mut on_progress = |event: Progress| match event {
+        Progress::Start { tensors } => notify(&progress, &mut failure, "start", &start(tensors)),
+        Progress::Tensor(report) => notify(&progress, &mut failure, "tensor", report),
     };
     let result = py.detach(|| ck::prune_checkpoint(&input, &output, &plan, &mut on_progress));
+    conclude(py, result, failure)
+}
+
+/// The payload of a `"start"` event.
+fn start(tensors: usize) -> BTreeMap<&'static str, usize> {
+    BTreeMap::from([("tensors", tensors)])
+}
+
+/// Calls `progress(kind, payload)` (with the GIL); `false` once it raised
+/// (or Ctrl-C arrived), the exception kept in `failure`, to stop the run.
+fn notify<T: serde::Serialize>(
+    progress: &Option<Py<PyAny>>,
+    failure: &mut Option<PyErr>,
+    kind: &str,
+    payload: &T,
+) -> bool {
+    Python::attach(|py| {
+        let called = match progress {
+            Some(callback) => to_python(py, payload)
+                .and_then(|payload| callback.call1(py, (kind, payload)).map(drop)),
+            None => Ok(()),
+        };
+        match called.and_then(|()| py.check_signals()) {
+            Ok(()) => true,
+            Err(e) => {
+                *failure = Some(e);
+                false
+            }
+        }
+    })
+}
+
+/// The report of a run, or the exception that stopped it, or its error.
+fn conclude<'py, T: serde::Serialize>(
+    py: Python<'py>,
+    result: symprune_core::Result<T>,
+    failure: Option<PyErr>,
+) -> PyResult<Bound<'py, PyAny>> {
     match (result, failure) {
         (Ok(report), _) => to_python(py, &report),
         (Err(_), Some(stopped)) => Err(stopped),
         (Err(e), None) => Err(to_py(py, e)),
     }
+}
+
+/// Writes the pruned checkpoint `input` into `output` in a compressed-tensors
+/// sparse `format` (`vocabulary()["save_formats"]`, not "dense"), compressing the tensors of
+/// `selection`; returns the report. `progress(kind, payload)` hears
+/// `"start"` (`{"tensors": N}`) and `"tensor"` (one compressed tensor).
+#[pyfunction]
+#[pyo3(signature = (input, output, format, selection, *, progress=None))]
+fn compress_checkpoint<'py>(
+    py: Python<'py>,
+    input: PathBuf,
+    output: PathBuf,
+    format: &str,
+    selection: &Selection,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let format = SaveFormat::parse(format).map_err(|e| to_py(py, e))?;
+    let mut failure: Option<PyErr> = None;
+    let mut on_progress = |event: CompressProgress| match event {
+        CompressProgress::Start { tensors } => {
+            notify(&progress, &mut failure, "start", &start(tensors))
+        }
+        CompressProgress::Tensor(entry) => notify(&progress, &mut failure, "tensor", entry),
+    };
+    let result = py.detach(|| {
+        ck::compress_checkpoint(&input, &output, format, &selection.inner, &mut on_progress)
+    });
+    conclude(py, result, failure)
+}
+
+/// Writes the compressed-tensors sparse checkpoint `input` into `output` as
+/// a dense one; returns the report.
+#[pyfunction]
+fn decompress_checkpoint(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+) -> PyResult<Bound<'_, PyAny>> {
+    let result = py.detach(|| ck::decompress_checkpoint(&input, &output));
+    conclude(py, result, None)
 }
 
 /// Finishes the output of a shard-parallel run once every part is done;
@@ -275,6 +337,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Writer>()?;
     m.add_function(wrap_pyfunction!(prune_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(finalize, m)?)?;
+    m.add_function(wrap_pyfunction!(compress_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(decompress_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(check_output_file, m)?)?;
     m.add_function(wrap_pyfunction!(write_output_file, m)?)?;

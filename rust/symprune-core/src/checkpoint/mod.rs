@@ -7,6 +7,7 @@
 //! untouched tensors are copied file-to-file by the kernel, and pruned tensors
 //! are written in row blocks straight to their offsets.
 
+pub mod compressed;
 pub mod fsutil;
 #[cfg(test)]
 mod fuzz;
@@ -23,6 +24,7 @@ mod testutil;
 pub mod writer;
 pub mod zeros;
 
+pub use compressed::{compress_checkpoint, decompress_checkpoint};
 pub use fsutil::MARKER_FILE;
 pub use inspect::{inspect, Inspection, TensorSparsity};
 pub use journal::Part;

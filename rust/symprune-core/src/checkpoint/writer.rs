@@ -484,11 +484,7 @@ impl CheckpointWriter {
             if name.starts_with('.') || is_shard || name == INDEX_FILE || name == MANIFEST_FILE {
                 continue;
             }
-            let weights = name.ends_with(".index.json")
-                || Path::new(&name)
-                    .extension()
-                    .is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e.to_string_lossy().as_ref()));
-            if weights || !src.is_file() {
+            if is_weight_file(&name) || !src.is_file() {
                 skipped.push(name);
                 continue;
             }
@@ -590,6 +586,15 @@ impl Drop for CheckpointWriter {
             let _ = fs::remove_dir(self.dir.path());
         }
     }
+}
+
+/// Whether the input file `name` holds weights (in any format, or their
+/// index), which are never copied next to rewritten ones.
+pub(crate) fn is_weight_file(name: &str) -> bool {
+    name.ends_with(".index.json")
+        || Path::new(name)
+            .extension()
+            .is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e.to_string_lossy().as_ref()))
 }
 
 /// Finishes an output written by the parts of a shard-parallel run (see

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
+from reference.checkpoints import tiny_lm
 from symprune import data
 from symprune.cli import main
 from symprune.results import Report
@@ -37,28 +38,6 @@ def one_line(done: subprocess.CompletedProcess, *fragments: str, code: int = 1) 
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-def tiny_lm(folder: Path, tokenizer_from: Path, **config) -> Path:
-    """A 2-layer Llama with the real SmolLM2 tokenizer (so calibration can run)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    settings = dict(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**{**settings, **config}))
-    model.save_pretrained(folder)
-    for f in tokenizer_from.iterdir():
-        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
-            (folder / f.name).write_bytes(f.read_bytes())
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from test_cli_errors import one_line, run, tiny_lm
+from test_cli_errors import one_line, run
 
+from reference.checkpoints import tiny_lm
 from symprune import api, ops
 
 SPARSITY = 0.5

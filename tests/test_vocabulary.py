@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from reference.checkpoints import tiny_lm
 from symprune import InvalidInputError, _core, api, ops
 from symprune.calibration.pipeline import prune_streamed
 from symprune.checkpoint import prune_checkpoint, read_manifest
@@ -29,24 +30,7 @@ RUN_FIELDS = ("method", "parameters", "pattern", "sparsity", "refine", "refine_p
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, smollm2_dir) -> Path:
     """A tiny random Llama with SmolLM2's tokenizer, as transformers saves it."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    for f in smollm2_dir.iterdir():
-        if f.name.startswith("tokenizer"):
-            (folder / f.name).write_bytes(f.read_bytes())
-    return folder
+    return tiny_lm(tmp_path_factory.mktemp("tiny"), smollm2_dir)
 
 
 @pytest.fixture(scope="module")

@@ -106,8 +106,8 @@ def prune(
     in_rust = spec.runs_shard_by_shard(stats is not None)
     parts = _check_parts(rank, world_size, in_rust, evaluate)
     if output is None:
-        builtin = data.DEFAULT_MODEL if model is None else str(model)
-        if builtin not in data.MODELS or Path(builtin).exists():
+        builtin = data.builtin_name(model)
+        if builtin is None:
             raise InvalidInputError("output: required when a model folder is given")
         # The default output is ours to replace: the main job can simply be run again.
         output = default_output(spec, builtin)

@@ -204,17 +204,16 @@ def run_prune(args: argparse.Namespace) -> int:
     from symprune import api
 
     request = prune_spec(args)
-    builtin = args.model_dir or data.DEFAULT_MODEL
-    is_builtin = builtin in data.MODELS and not os.path.exists(builtin)
+    builtin = data.builtin_name(args.model_dir)
     if args.out_dir is None:
-        if not is_builtin:
+        if builtin is None:
             raise InvalidInputError(
                 f"OUT_DIR is required with the folder {args.model_dir} (an output directory)"
             )
         default = api.default_output(request, builtin)
         if default.exists() and launched_rank() == 0:
             print(f"symprune: replacing the earlier default output {default}", file=sys.stderr)
-    evaluate = args.eval if args.eval is not None else is_builtin
+    evaluate = args.eval if args.eval is not None else builtin is not None
     report = api.prune(
         args.model_dir,
         args.out_dir,

@@ -250,15 +250,22 @@ def check_tokenizer(model_dir: Path) -> None:
         )
 
 
+def builtin_name(model: str | Path | None) -> str | None:
+    """The built-in model ``model`` names (``None``: the default one); ``None`` for a
+    folder (an existing path wins over a built-in name)."""
+    if model is None:
+        return DEFAULT_MODEL
+    return str(model) if str(model) in MODELS and not Path(model).exists() else None
+
+
 def resolve_model(model: str | Path | None) -> Path:
     """A checkpoint folder, or a built-in model by name (``None``: the default one)."""
-    if model is None:
-        return builtin_model()
-    path = Path(model)
+    name = builtin_name(model)
+    if name is not None:
+        return builtin_model(name)
+    path = Path(str(model))
     if path.exists():
         return path
-    if str(model) in MODELS:
-        return builtin_model(str(model))
     raise InvalidInputError(
         f"{model}: no such folder, and not a built-in model ({', '.join(MODELS)})"
     )

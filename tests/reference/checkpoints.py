@@ -17,6 +17,29 @@ LINEAR = re.compile(r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight")
 SHARDS = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
 
 
+def tiny_lm(folder: Path, tokenizer_from: Path, **config: object) -> Path:
+    """A 2-layer Llama with the real SmolLM2 tokenizer (so calibration can run)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    settings = dict(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**{**settings, **config}))
+    model.save_pretrained(folder)
+    for f in tokenizer_from.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
 def tiny_llama(path: Path, seed: int = 0) -> Path:
     """A 3-layer Llama: layer 0 in BF16, layer 1 in F16, layer 2 in F32 with an extra
     I8 matrix; shard 1 = embeddings + layer 0, shard 2 = layer 1, shard 3 = the rest

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from symprune import _core
+from symprune.checkpoint.io import rust_progress
 from symprune.spec import VOCABULARY, selection_rule
 from symprune.util import peak_rss_mb
 
@@ -109,32 +110,6 @@ def _report(input: str | Path, output: str | Path, data: dict[str, Any]) -> Comp
     )
 
 
-def _bar(
-    progress: bool | Callable[[CompressedTensor], None],
-) -> Callable[[str, dict[str, Any]], None]:
-    """The Rust progress callback: a tqdm bar (``True``), a user callback, or nothing."""
-    bar: Any = None
-
-    def on_event(kind: str, data: dict[str, Any]) -> None:
-        nonlocal bar
-        if kind == "start":
-            if progress is True:
-                from tqdm import tqdm
-
-                bar = tqdm(total=data["tensors"], unit="tensor", desc="compress", leave=False)
-            return
-        tensor = _tensor(data)
-        if bar is not None:
-            bar.set_postfix_str(tensor.name, refresh=False)
-            bar.update(1)
-            if bar.n == bar.total:
-                bar.close()
-        elif callable(progress):
-            progress(tensor)
-
-    return on_event
-
-
 def compress(
     model: str | Path,
     output: str | Path,
@@ -158,7 +133,7 @@ def compress(
         str(output),
         format,
         selection_rule(targets, ignore),
-        progress=_bar(progress),
+        progress=rust_progress(progress, "compress", _tensor),
     )
     return _report(model, output, data)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,38 @@ from symprune import _core
 from symprune.errors import InvalidInputError
 
 MANIFEST: str = _core.MANIFEST_FILE
+
+Item = TypeVar("Item")
+
+
+def rust_progress(
+    progress: bool | Callable[[Item], None],
+    desc: str,
+    convert: Callable[[dict[str, Any]], Item],
+) -> Callable[[str, dict[str, Any]], None]:
+    """The Rust engine's progress callback ("start", then one event per tensor): a tqdm
+    bar (``progress=True``), the user's callback on each converted event, or nothing."""
+    bar: Any = None
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        nonlocal bar
+        if kind == "start":
+            if progress is True:
+                from tqdm import tqdm
+
+                bar = tqdm(total=data["tensors"], unit="tensor", desc=desc, leave=False)
+            return
+        item = convert(data)
+        if bar is not None:
+            bar.set_postfix_str(data["name"], refresh=False)
+            bar.update(1)
+            if bar.n == bar.total:
+                bar.close()
+        elif callable(progress):
+            progress(item)
+
+    return on_event
+
 
 # numpy has no bfloat16 or float8: those cross as their raw bits.
 _NUMPY = {

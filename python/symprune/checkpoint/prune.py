@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from symprune import _core
+from symprune.checkpoint.io import rust_progress
 from symprune.errors import InvalidInputError
 from symprune.spec import PruneSpec
 from symprune.util import peak_rss_mb
@@ -67,32 +68,6 @@ class PruneReport:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _bar(
-    progress: bool | Callable[[TensorReport], None],
-) -> Callable[[str, dict[str, Any]], None]:
-    """The Rust progress callback: a tqdm bar (``True``), a user callback, or nothing."""
-    bar: Any = None
-
-    def on_event(kind: str, data: dict[str, Any]) -> None:
-        nonlocal bar
-        if kind == "start":
-            if progress is True:
-                from tqdm import tqdm
-
-                bar = tqdm(total=data["tensors"], unit="tensor", desc="prune", leave=False)
-            return
-        report = TensorReport(**{**data, "shape": tuple(data["shape"])})
-        if bar is not None:
-            bar.set_postfix_str(report.name, refresh=False)
-            bar.update(1)
-            if bar.n == bar.total:
-                bar.close()
-        elif callable(progress):
-            progress(report)
-
-    return on_event
-
-
 def prune_checkpoint(
     model: str | Path,
     output: str | Path,
@@ -135,7 +110,9 @@ def prune_checkpoint(
         spec.selection,
         stats=None if stats is None else str(stats),
         overwrite=overwrite,
-        progress=_bar(progress),
+        progress=rust_progress(
+            progress, "prune", lambda t: TensorReport(**{**t, "shape": tuple(t["shape"])})
+        ),
         rank=rank,
         world=world_size,
     )

@@ -418,6 +418,13 @@ fn open_marker(marker: &Path) -> io::Result<File> {
 fn adopt(dir: &Path, marker: &Path) -> Result<File> {
     let found = entries(dir)?;
     if !found.is_empty() {
+        // Another run (a peer rank) may have adopted it since our first look.
+        if found
+            .iter()
+            .any(|n| n.as_os_str() == std::ffi::OsStr::new(MARKER_FILE))
+        {
+            return open_marker(marker).map_err(Error::io(marker));
+        }
         return Err(Error::checkpoint(
             dir,
             format!(

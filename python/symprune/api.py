@@ -14,25 +14,40 @@ methods calibrate data-parallel, the Rust engine splits the shards.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from symprune import checkpoint, data
 from symprune.errors import InvalidInputError
-from symprune.spec import Calibration, PruneSpec, check_count, evaluation_windows, selection_rule
+from symprune.spec import (
+    DEFAULT_SAVE_FORMAT,
+    SAVE_FORMATS,
+    VOCABULARY,
+    Calibration,
+    PruneSpec,
+    check_count,
+    evaluation_windows,
+    selection_rule,
+)
 from symprune.util import launched_world
 
 if TYPE_CHECKING:
     from symprune.results import Report
 
 
-def default_output(spec: PruneSpec, model: str = data.DEFAULT_MODEL) -> Path:
-    """``pruned/<built-in model>-<method>[-<refine>]-<target>``, such as
-    ``pruned/smollm2-135m-wanda-50pct``."""
+def default_output(
+    spec: PruneSpec, model: str = data.DEFAULT_MODEL, save_format: str = DEFAULT_SAVE_FORMAT
+) -> Path:
+    """``pruned/<built-in model>-<method>[-<refine>]-<target>[-<format>]``, such as
+    ``pruned/smollm2-135m-wanda-50pct`` (dense) or
+    ``pruned/smollm2-135m-wanda-2of4-sparse-24-bitmask``."""
     target = spec.pattern.replace(":", "of") if spec.nm else f"{round(spec.sparsity * 100)}pct"
     refine = f"-{spec.refine}" if spec.refine else ""
-    return Path("pruned") / f"{model}-{spec.method}{refine}-{target}"
+    stored = "" if save_format == DEFAULT_SAVE_FORMAT else f"-{save_format}"
+    return Path("pruned") / f"{model}-{spec.method}{refine}-{target}{stored}"
 
 
 def prune(
@@ -57,6 +72,7 @@ def prune(
     device: str | None = None,
     offload_activations: bool = False,
     overwrite: bool = False,
+    save_format: str = DEFAULT_SAVE_FORMAT,
     evaluate: bool = False,
     eval_seqlen: int | None = None,
     eval_windows: int | None = None,
@@ -87,6 +103,13 @@ def prune(
     torch.distributed, ``rank`` / ``world_size`` give this process its part of
     the shards (Rust engine only); :func:`symprune.checkpoint.finalize` then
     finishes the output.
+
+    ``save_format`` (``symprune.spec.SAVE_FORMATS``) stores the output dense (the
+    default) or in a compressed-tensors sparse format: the run then prunes into a
+    hidden staging directory next to ``output`` (evaluated there, when asked),
+    compresses it into ``output`` (:func:`symprune.checkpoint.compress`, the same
+    tensor selection) and removes the staging directory; ``Report.compression``
+    says what the format stored.
     """
     if spec is None:
         spec = PruneSpec(
@@ -105,12 +128,28 @@ def prune(
         evaluation_windows("cpu", None, eval_seqlen, eval_windows)
     in_rust = spec.runs_shard_by_shard(stats is not None)
     parts = _check_parts(rank, world_size, in_rust, evaluate)
+    if save_format not in SAVE_FORMATS:
+        raise InvalidInputError(
+            f"save_format: unknown format {save_format!r}; one of {', '.join(SAVE_FORMATS)}"
+        )
     if output is None:
         builtin = data.builtin_name(model)
         if builtin is None:
             raise InvalidInputError("output: required when a model folder is given")
         # The default output is ours to replace: the main job can simply be run again.
-        output = default_output(spec, builtin)
+        output = default_output(spec, builtin, save_format)
+        overwrite = True
+    compressed_to: Path | None = None
+    if save_format != DEFAULT_SAVE_FORMAT:
+        if parts is not None:
+            raise InvalidInputError(
+                f"save_format: a part is not a checkpoint; run `symprune finalize OUT_DIR`, "
+                f"then `symprune compress OUT_DIR NEW_DIR --format {save_format}`"
+            )
+        compressed_to = Path(output)
+        _check_replaceable(compressed_to, overwrite)
+        # The dense checkpoint is staged next to the output (same filesystem), ours alone.
+        output = compressed_to.parent / f".{compressed_to.name}.symprune-dense"
         overwrite = True
     model_dir = data.resolve_model(model)
     calib = Calibration(calibration, nsamples, seqlen, seed, batch_size)
@@ -152,7 +191,7 @@ def prune(
                 )
         if not leader:  # rank 0 evaluates the output it finished
             return report
-    if evaluate:
+    if evaluate:  # a compressed output is evaluated on its dense staging: the same weights
         from symprune.calibration.streaming import default_device
         from symprune.evaluation.perplexity import perplexity
 
@@ -165,7 +204,63 @@ def prune(
             report.perplexity[name] = perplexity(
                 folder, seqlen=length, max_windows=windows, device=device, progress=progress
             )
+    if compressed_to is not None:
+        _store_compressed(report, Path(output), compressed_to, save_format, spec, progress)
     return report
+
+
+def _check_replaceable(output: Path, overwrite: bool) -> None:
+    """Refuses, before any work, a compressed output that could not be written or replaced."""
+    if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return
+    if not output.is_dir():
+        raise InvalidInputError(f"output: {output} is not a directory; name a new one")
+    if not overwrite:
+        raise InvalidInputError(
+            f"output: {output} exists and is not empty; choose a new directory, or pass "
+            "overwrite (--overwrite) to replace an earlier symprune output"
+        )
+    if not (output / VOCABULARY["output_marker"]).is_file():
+        raise InvalidInputError(
+            f"output: {output} is not a symprune output (no {VOCABULARY['output_marker']} "
+            "marker); overwrite replaces only a directory that symprune wrote"
+        )
+
+
+def _store_compressed(
+    report: Report,
+    staging: Path,
+    output: Path,
+    save_format: str,
+    spec: PruneSpec,
+    progress: bool,
+) -> None:
+    """Compresses the dense ``staging`` into ``output`` (replacing an earlier symprune
+    output only once the new one is complete), then removes ``staging``."""
+    fresh = output.parent / f".{output.name}.symprune-compressed"
+    if fresh.exists():  # what a killed run of ours left
+        shutil.rmtree(fresh)
+    done = checkpoint.compress(
+        staging, fresh, save_format, targets=spec.targets, ignore=spec.ignore, progress=progress
+    )
+    if output.exists():
+        old = output.parent / f".{output.name}.symprune-replaced"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(output, old)
+        os.replace(fresh, output)
+        shutil.rmtree(old)
+    else:
+        os.replace(fresh, output)
+    shutil.rmtree(staging)
+    report.output = str(output)
+    report.bytes_written += done.bytes_written
+    report.compression = {
+        "format": done.format,
+        "dense_tensor_bytes": done.input_tensor_bytes,
+        "stored_tensor_bytes": done.output_tensor_bytes,
+        "left_dense": [f"{t.name}: {t.reason}" for t in done.left_dense],
+    }
 
 
 def _check_parts(

@@ -111,7 +111,7 @@ def add_prune(sub: Any) -> None:
         metavar="OUT_DIR",
         nargs="?",
         help="required with a folder; for a built-in model the default is "
-        "pruned/<model>-<method>-<target>, replaced when run again",
+        "pruned/<model>-<method>-<target>[-<save format>], replaced when run again",
     )
     p.add_argument(
         "--method",
@@ -138,6 +138,13 @@ def add_prune(sub: Any) -> None:
     p.add_argument("--refine", choices=spec.REFINERS, help="mask refinement")
     _selection_args(p, "prune")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--save-format",
+        choices=spec.SAVE_FORMATS,
+        default=spec.DEFAULT_SAVE_FORMAT,
+        help="dense, or a compressed-tensors sparse format that transformers and vLLM load "
+        "(sparse-24-bitmask for 2:4); default %(default)s",
+    )
     p.add_argument(
         "--eval",
         action=argparse.BooleanOptionalAction,
@@ -210,7 +217,7 @@ def run_prune(args: argparse.Namespace) -> int:
             raise InvalidInputError(
                 f"OUT_DIR is required with the folder {args.model_dir} (an output directory)"
             )
-        default = api.default_output(request, builtin)
+        default = api.default_output(request, builtin, args.save_format)
         if default.exists() and launched_rank() == 0:
             print(f"symprune: replacing the earlier default output {default}", file=sys.stderr)
     evaluate = args.eval if args.eval is not None else builtin is not None
@@ -227,6 +234,7 @@ def run_prune(args: argparse.Namespace) -> int:
         device=args.device,
         offload_activations=args.offload_activations,
         overwrite=args.overwrite,
+        save_format=args.save_format,
         evaluate=evaluate and args.world_size is None,
         eval_seqlen=args.eval_seqlen,
         eval_windows=args.eval_windows,

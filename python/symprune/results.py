@@ -51,6 +51,9 @@ class Report:
     perplexity: dict[str, float] = field(default_factory=dict)
     # The windows behind ``perplexity``: {"seqlen": L, "windows": K or None (all)}.
     perplexity_windows: dict[str, int | None] = field(default_factory=dict)
+    # A compressed save format: {"format", "dense_tensor_bytes", "stored_tensor_bytes",
+    # "left_dense"}; empty for a dense output.
+    compression: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sparsity(self) -> float:
@@ -80,6 +83,21 @@ class Report:
             ("peak RSS", f"{self.peak_rss_mb:.0f} MiB"),
             ("output", str(self.output)),
         ]
+        if self.compression:
+            c = self.compression
+            ratio = c["stored_tensor_bytes"] / max(c["dense_tensor_bytes"], 1)
+            rows.append(
+                (
+                    "stored as",
+                    f"{c['format']}: tensor bytes {c['dense_tensor_bytes']:,} -> "
+                    f"{c['stored_tensor_bytes']:,} ({ratio:.3f}x)",
+                )
+            )
+            rows += [("left dense", line) for line in c["left_dense"]]
+        elif pattern == "2:4":
+            rows.append(
+                ("tip", "--save-format sparse-24-bitmask stores 2:4 for vLLM's sparse kernels")
+            )
         if self.perplexity:
             count = self.perplexity_windows.get("windows")
             windows = f"{'all' if count is None else f'first {count}'} test windows of "

@@ -21,6 +21,9 @@ VOCABULARY: dict[str, Any] = _core.vocabulary()
 METHODS: tuple[str, ...] = tuple(VOCABULARY["method_names"])
 REFINERS: tuple[str, ...] = tuple(VOCABULARY["refiner_names"])
 PATTERNS: tuple[str, ...] = tuple(VOCABULARY["patterns"])
+SAVE_FORMATS: tuple[str, ...] = tuple(VOCABULARY["save_formats"])
+"""Every save format; all but ``dense`` are compressed-tensors sparse formats."""
+DEFAULT_SAVE_FORMAT: str = VOCABULARY["default_save_format"]
 
 
 def _patterns(value: str | Sequence[str] | None) -> list[str]:

@@ -22,7 +22,6 @@ outside it (see :class:`CheckpointWriter`).
 from symprune.checkpoint.compress import (
     COMPRESSED_FORMATS,
     DEFAULT_COMPRESSED_FORMAT,
-    SAVE_FORMATS,
     CompressedTensor,
     CompressReport,
     LeftDense,
@@ -45,11 +44,12 @@ from symprune.checkpoint.prune import (
     finalize,
     prune_checkpoint,
 )
+from symprune.spec import SAVE_FORMATS
 
 __all__ = [
     "COMPRESSED_FORMATS",
-    "DEFAULT_COMPRESSED_FORMAT",
     "SAVE_FORMATS",
+    "DEFAULT_COMPRESSED_FORMAT",
     "CompressReport",
     "CompressedTensor",
     "LeftDense",

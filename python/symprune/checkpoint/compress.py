@@ -17,8 +17,6 @@ from symprune.checkpoint.io import rust_progress
 from symprune.spec import VOCABULARY, selection_rule
 from symprune.util import peak_rss_mb
 
-SAVE_FORMATS: tuple[str, ...] = tuple(VOCABULARY["save_formats"])
-"""Every save format; all but ``dense`` are compressed formats."""
 COMPRESSED_FORMATS: tuple[str, ...] = tuple(VOCABULARY["compressed_formats"])
 """The compressed-tensors sparse formats (every save format but dense)."""
 DEFAULT_COMPRESSED_FORMAT: str = VOCABULARY["default_compressed_format"]

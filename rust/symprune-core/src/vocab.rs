@@ -856,6 +856,7 @@ pub fn vocabulary() -> Value {
             .filter(|n| SaveFormat::parse(n).is_ok_and(|f| f != SaveFormat::Dense))
             .collect::<Vec<_>>(),
         "default_compressed_format": SaveFormat::DEFAULT_COMPRESSED,
+        "output_marker": crate::checkpoint::fsutil::MARKER_FILE,
     })
 }
 

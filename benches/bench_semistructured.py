@@ -89,8 +89,8 @@ def bench(label: str, weight: torch.Tensor, tokens: list[int], repeats: int) -> 
             expected = F.linear(x, dense)
             got = F.linear(x, sparse)
             err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
-            t_dense = timed(lambda x=x: F.linear(x, dense), repeats)
-            t_sparse = timed(lambda x=x: F.linear(x, sparse), repeats)
+            t_dense = timed(lambda x=x, w=dense: F.linear(x, w), repeats)
+            t_sparse = timed(lambda x=x, w=sparse: F.linear(x, w), repeats)
             print(
                 f"| {label} | {dname} | {n} | {t_dense * 1e6:.1f} | {t_sparse * 1e6:.1f} "
                 f"| {t_dense / t_sparse:.2f}× | {err:.1e} |",

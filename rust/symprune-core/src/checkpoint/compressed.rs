@@ -405,30 +405,68 @@ fn row_nonzeros(data: &[u8], cols: usize, size: usize, mask: u64) -> Vec<u64> {
     }
 }
 
-/// The nonzero pattern of each four-element group, element `i` at bit `i`.
+/// The nonzero pattern of a four-element group, element `i` at bit `i`.
 #[inline]
-fn group_pattern(group: &[u8], size: usize, mask: u64) -> u8 {
-    let mut bits = 0u8;
-    for (i, e) in group.chunks_exact(size).enumerate() {
-        let zero = match size {
-            2 => is_zero::<2>(e, mask),
-            4 => is_zero::<4>(e, mask),
-            _ => is_zero::<8>(e, mask),
-        };
-        bits |= (!zero as u8) << i;
-    }
-    bits
+fn group_pattern<const N: usize>(group: &[u8], mask: u64) -> u8 {
+    (0..4).fold(0u8, |bits, i| {
+        bits | (!is_zero::<N>(&group[i * N..], mask) as u8) << i
+    })
 }
 
 /// The first group of four (row, column) with more than two nonzeros.
 fn first_dense_group(data: &[u8], cols: usize, size: usize, mask: u64) -> Option<(usize, usize)> {
-    data.par_chunks(cols * size)
-        .enumerate()
-        .find_map_first(|(r, row)| {
-            row.chunks_exact(4 * size)
-                .position(|g| flags_24(group_pattern(g, size, mask)).is_none())
-                .map(|g| (r, 4 * g))
-        })
+    fn find<const N: usize>(data: &[u8], cols: usize, mask: u64) -> Option<(usize, usize)> {
+        data.par_chunks(cols * N)
+            .enumerate()
+            .find_map_first(|(r, row)| {
+                row.chunks_exact(4 * N)
+                    .position(|g| flags_24(group_pattern::<N>(g, mask)).is_none())
+                    .map(|g| (r, 4 * g))
+            })
+    }
+    match size {
+        2 => find::<2>(data, cols, mask),
+        4 => find::<4>(data, cols, mask),
+        _ => find::<8>(data, cols, mask),
+    }
+}
+
+/// Packs the rows of `chunk` (`cols` elements of `N` bytes each) into their
+/// kept values and bitmask rows, in `format`'s layout.
+fn pack_rows<const N: usize>(
+    format: SaveFormat,
+    chunk: &[u8],
+    cols: usize,
+    mask: u64,
+    values: &mut Vec<u8>,
+    bits: &mut [u8],
+) {
+    let mask_row = cols.div_ceil(8);
+    for (row, out) in chunk
+        .chunks_exact(cols * N)
+        .zip(bits.chunks_exact_mut(mask_row))
+    {
+        if format == SaveFormat::Sparse24Bitmask {
+            for (g, group) in row.chunks_exact(4 * N).enumerate() {
+                let flags = flags_24(group_pattern::<N>(group, mask)).expect("planned as 2:4");
+                out[g / 2] |= flags << (4 * (g % 2));
+                for (i, e) in group.chunks_exact(N).enumerate() {
+                    if flags >> i & 1 == 1 {
+                        values.extend_from_slice(e);
+                    }
+                }
+            }
+        } else {
+            for (byte, octet) in out.iter_mut().zip(row.chunks(8 * N)) {
+                for (i, e) in octet.chunks_exact(N).enumerate() {
+                    if !is_zero::<N>(e, mask) {
+                        *byte |= 1 << i;
+                        values.extend_from_slice(e);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn plan_tensor(format: SaveFormat, t: &TensorInfo, data: &[u8]) -> Plan {
@@ -519,29 +557,10 @@ fn write_compressed(
             let first = offsets[r0] as usize;
             let mut values = Vec::with_capacity((offsets[r0 + n_rows] as usize - first) * size);
             let mut bits = vec![0u8; n_rows * mask_row];
-            for (r, row) in chunk.chunks_exact(cols * size).enumerate() {
-                let out = &mut bits[r * mask_row..(r + 1) * mask_row];
-                match format {
-                    SaveFormat::Sparse24Bitmask => {
-                        for (g, group) in row.chunks_exact(4 * size).enumerate() {
-                            let flags = flags_24(group_pattern(group, size, mask)).expect("2:4");
-                            out[g / 2] |= flags << (4 * (g % 2));
-                            for (i, e) in group.chunks_exact(size).enumerate() {
-                                if flags >> i & 1 == 1 {
-                                    values.extend_from_slice(e);
-                                }
-                            }
-                        }
-                    }
-                    _ => {
-                        for (c, e) in row.chunks_exact(size).enumerate() {
-                            if group_pattern(e, size, mask) != 0 {
-                                out[c / 8] |= 1 << (c % 8);
-                                values.extend_from_slice(e);
-                            }
-                        }
-                    }
-                }
+            match size {
+                2 => pack_rows::<2>(format, chunk, cols, mask, &mut values, &mut bits),
+                4 => pack_rows::<4>(format, chunk, cols, mask, &mut values, &mut bits),
+                _ => pack_rows::<8>(format, chunk, cols, mask, &mut values, &mut bits),
             }
             file.write_at(values_at + (first * size) as u64, &values)?;
             file.write_at(mask_at + (r0 * mask_row) as u64, &bits)

@@ -19,6 +19,8 @@ class LayerRecord:
     # The layer's summed layer-wise loss before and after refinement (see TensorRecord).
     loss_before: float | None = None
     loss_after: float | None = None
+    # Resident memory at the layer's end (util.resident_mb): rss, anon, file MiB.
+    resident_mb: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,6 +56,9 @@ class Report:
     # A compressed save format: {"format", "dense_tensor_bytes", "stored_tensor_bytes",
     # "left_dense"}; empty for a dense output.
     compression: dict[str, Any] = field(default_factory=dict)
+    # Resident memory (util.resident_mb) once the model skeleton, the tokenized
+    # windows and the first activations are in place, before the first layer.
+    resident_after_setup_mb: dict[str, float] = field(default_factory=dict)
 
     @property
     def sparsity(self) -> float:
@@ -65,6 +70,19 @@ class Report:
         d.pop("masks")
         d["overall_sparsity"] = self.sparsity
         return d
+
+    def memory_breakdown(self) -> str:
+        """Where the resident memory was: after setup, and at the end of the
+        layer that held the most (anonymous: tensors and heap; file: mapped
+        shards and libraries)."""
+        setup = self.resident_after_setup_mb
+        top = max(self.layers, key=lambda r: r.resident_mb.get("rss", 0.0))
+        at = top.resident_mb
+
+        def part(m: dict[str, float]) -> str:
+            return f"{m.get('anon', 0):.0f} anon + {m.get('file', 0):.0f} file MiB"
+
+        return f"after setup {part(setup)}; most at layer {top.index}: {part(at)}"
 
     def summary(self) -> str:
         """A small table of the totals (and perplexity when evaluated)."""
@@ -81,8 +99,10 @@ class Report:
             ("bytes written", f"{self.bytes_written:,} ({self.bytes_written / 2**30:.2f} GiB)"),
             ("seconds", f"{self.seconds:.2f} on {self.device}"),
             ("peak RSS", f"{self.peak_rss_mb:.0f} MiB"),
-            ("output", str(self.output)),
         ]
+        if self.resident_after_setup_mb and self.layers:
+            rows.append(("memory", self.memory_breakdown()))
+        rows.append(("output", str(self.output)))
         if self.compression:
             c = self.compression
             ratio = c["stored_tensor_bytes"] / max(c["dense_tensor_bytes"], 1)

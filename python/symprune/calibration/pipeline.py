@@ -32,7 +32,7 @@ from symprune.errors import InvalidInputError
 from symprune.results import LayerRecord, Report, TensorRecord
 from symprune.spec import VOCABULARY, Calibration, PruneSpec
 from symprune.spec import selection_rule as spec_selection
-from symprune.util import peak_rss_mb
+from symprune.util import peak_rss_mb, resident_mb
 
 
 def calibration_ids(model_dir: Path, calib: Calibration) -> torch.Tensor:
@@ -114,6 +114,7 @@ def prune_streamed(
             offload=offload_activations,
             reduce_stats=ranks.reduce_stats if ranks is not None else None,
             progress=progress,
+            resident_after_setup=report.resident_after_setup_mb,
         )
         report.seconds = time.perf_counter() - t_start
         report.peak_rss_mb = peak_rss_mb()
@@ -180,11 +181,13 @@ def stream_layers(
     offload: bool = False,
     reduce_stats: Callable[[dict[str, LinearStats]], None] | None = None,
     progress: bool = True,
+    resident_after_setup: dict[str, float] | None = None,
 ) -> list[LayerRecord]:
     """The sequential loop: per layer, load → statistics → ``step`` → re-run → free.
 
     ``reduce_stats`` (data-parallel calibration) combines the statistics of all
-    workers before ``step`` sees them.
+    workers before ``step`` sees them. ``resident_after_setup`` receives the
+    resident memory once the first activations are captured (util.resident_mb).
     """
     from tqdm.auto import tqdm
 
@@ -192,6 +195,8 @@ def stream_layers(
     chunks = [ids[i : i + calib.batch_size] for i in range(0, len(ids), calib.batch_size)]
     captured: list[Captured] = [streamed.capture(c) for c in chunks]
     acts = [c.hidden.to(act_device) for c in captured]
+    if resident_after_setup is not None:
+        resident_after_setup.update(resident_mb())
     cuda = streamed.device.type == "cuda"
     records = []
     bar = tqdm(range(streamed.num_layers), desc="layers", disable=not progress, unit="layer")
@@ -235,6 +240,7 @@ def stream_layers(
             peak_gpu_mb=torch.cuda.max_memory_allocated(streamed.device) / 2**20 if cuda else None,
             loss_before=done.loss_before,
             loss_after=done.loss_after,
+            resident_mb=resident_mb(),
         )
         records.append(rec)
         shown = {

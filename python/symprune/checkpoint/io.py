@@ -158,6 +158,8 @@ class CheckpointReader:
         # Viewed as the element type in numpy, so torch only reinterprets equal-sized
         # elements (an empty byte array has no unit stride to view as wider ones).
         raw = self._core.tensor_bytes(name).view(_NUMPY[dtype]).copy()  # torch: no read-only
+        # The copy is what the caller keeps; the mapped pages would only add to RSS.
+        self._core.release(name)
         return torch.from_numpy(raw).view(_torch_dtype(dtype)).reshape(shape)
 
 

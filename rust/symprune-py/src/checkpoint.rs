@@ -53,6 +53,12 @@ impl Reader {
         Ok((t.info.dtype_name(), t.info.shape.clone()))
     }
 
+    /// Drops the tensor's mapped pages from this process (a later read maps
+    /// them again from the page cache).
+    fn release(&self, name: &str) {
+        self.inner.release(name);
+    }
+
     /// Shard file names.
     fn shards(&self) -> Vec<String> {
         self.inner.shards.iter().map(|s| s.file.clone()).collect()

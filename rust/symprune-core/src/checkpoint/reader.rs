@@ -482,6 +482,15 @@ impl Checkpoint {
         })
     }
 
+    /// Drops the mapped pages of the tensor `name` from this process (see
+    /// [`Shard::release`]): a caller that copied it out keeps resident memory
+    /// to what it holds, not to everything it read.
+    pub fn release(&self, name: &str) {
+        if let Some((shard, info)) = self.get(name) {
+            shard.release(shard.offset(info), info.nbytes());
+        }
+    }
+
     /// The index of the shard holding `name`.
     pub fn shard_of(&self, name: &str) -> Option<usize> {
         self.lookup.get(name).copied()

@@ -76,3 +76,25 @@ def test_killed_run_resumes_byte_identical(smollm2_dir, pruned, tmp_path):
     assert [p.name for p in out.glob(".*")] == [".symprune-output"]  # no journal, no temp
     assert tree_digest(out) == tree_digest(pruned[0])
     np.testing.assert_equal(read_manifest(out), read_manifest(pruned[0]))
+
+
+@pytest.mark.real
+def test_copied_tensors_leave_no_mapped_pages_behind(smollm2_dir):
+    """The streamed pipeline reads every weight once through `CheckpointReader.torch`;
+    the copies are what it keeps, so the shard's mapped pages must not stay resident
+    (they made the peak grow with depth: issue 12)."""
+    from symprune.checkpoint import CheckpointReader
+    from symprune.util import resident_mb
+
+    reader = CheckpointReader(smollm2_dir)
+    names = reader.names()
+    before = resident_mb()
+    kept = [reader.torch(n) for n in names]
+    grown = resident_mb()
+    held = sum(t.numel() * t.element_size() for t in kept) / 2**20
+    assert held > 500  # SmolLM2 in f32: the copies themselves
+    assert grown["file"] - before["file"] < 32, (before, grown)
+    assert grown["anon"] - before["anon"] > 0.9 * held
+    # The zero-copy view maps them again on demand: same bytes.
+    name = names[-1]
+    assert bytes(reader.numpy(name).tobytes()) == kept[-1].numpy().tobytes()

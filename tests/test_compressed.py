@@ -25,6 +25,7 @@ from symprune.checkpoint import (
     SAVE_FORMATS,
     compress,
     decompress,
+    inspect,
     prune_checkpoint,
 )
 
@@ -156,6 +157,40 @@ def test_smollm2_round_trip_matches_the_package_layout(smollm2_pruned, tmp_path,
     ).read_bytes()
 
 
+def check_inspect(dense: Path, tmp: Path, fmt: str) -> None:
+    """Inspecting the compressed checkpoint reports what inspecting it
+    decompressed (and the dense input) does, for every pattern."""
+    packed, back = tmp / f"{fmt}.ipacked", tmp / f"{fmt}.iback"
+    compress(dense, packed, fmt)
+    decompress(packed, back)
+
+    def report(path: Path, pattern: str | None) -> dict:
+        return {**inspect(path, pattern=pattern).to_dict(), "path": None}
+
+    for pattern in [None, "2:4", "1:4", "4:8"]:
+        got = report(packed, pattern)
+        assert got == report(back, pattern) == report(dense, pattern), pattern
+        assert {t["name"] for t in got["tensors"]} == set(load(back)), pattern
+    assert inspect(packed, pattern="2:4").nm_ok is (fmt == "sparse-24-bitmask")
+
+
+@pytest.mark.parametrize("fmt", COMPRESSED_FORMATS)
+def test_inspect_reads_compressed_checkpoints(pruned, tmp_path, fmt, capsys):
+    check_inspect(pruned[fmt], tmp_path, fmt)
+    packed, back = tmp_path / f"{fmt}.ipacked", tmp_path / f"{fmt}.iback"
+    tables = []
+    for path in [packed, back]:
+        cli.main(["inspect", str(path), "--pattern", "2:4"])
+        tables.append(capsys.readouterr().out)
+    assert tables[0] == tables[1] and ".weight *" in tables[0]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("fmt", COMPRESSED_FORMATS)
+def test_inspect_reads_compressed_smollm2(smollm2_pruned, tmp_path, fmt):
+    check_inspect(smollm2_pruned[fmt], tmp_path, fmt)
+
+
 def run_compat(dense: Path, packed: Path, logits: bool) -> dict:
     cmd = [str(CT_PYTHON), str(ROOT / "compat" / "ct_roundtrip.py"), str(dense), str(packed)]
     done = subprocess.run(
@@ -214,6 +249,13 @@ def test_tensors_that_are_not_2_4_are_left_dense_and_ignored(tiny, tmp_path):
     for name in left:
         assert same(packed[name], dense[name])
     assert "left dense" in report.summary()
+    # Inspected as it is: the ignored tensors dense, the others from their bitmasks.
+    got = inspect(tmp_path / "packed", pattern="2:4")
+    assert {**got.to_dict(), "path": None} == {
+        **inspect(mixed, pattern="2:4").to_dict(),
+        "path": None,
+    }
+    assert got.nm_ok is False
     # ... and still round trips.
     decompress(tmp_path / "packed", tmp_path / "back")
     for name in weight_files(mixed):
@@ -263,6 +305,9 @@ def test_malformed_compressed_inputs_give_one_clear_error(pruned, tmp_path):
     for name, (edit, message) in cases.items():
         bad = copy_tree(packed, tmp_path / name)
         rewrite(bad, edit)
+        with pytest.raises(CheckpointError) as e:
+            inspect(bad)
+        assert message in str(e.value)
         with pytest.raises(CheckpointError, match="bitmask") as e:
             decompress(bad, tmp_path / f"{name}.out")
         assert message in str(e.value)

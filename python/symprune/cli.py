@@ -301,8 +301,9 @@ def add_inspect(sub: Any) -> None:
     p = sub.add_parser(
         "inspect",
         help="per-tensor sparsity of a checkpoint",
-        description="Per-tensor sparsity (fraction of exact zeros) of a safetensors checkpoint; "
-        "tensors pruned by default are marked with *.",
+        description="Per-tensor sparsity (fraction of exact zeros) of a safetensors checkpoint, "
+        "dense or compressed-tensors sparse (its weights under their dense names, read from "
+        "the bitmasks); tensors pruned by default are marked with *.",
     )
     p.add_argument("dir", metavar="DIR", help=MODEL_HELP.split("; ")[0])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

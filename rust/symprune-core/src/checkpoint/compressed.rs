@@ -820,15 +820,40 @@ fn finish(
 }
 
 /// One compressed weight of an input shard, validated.
-struct Compressed<'a> {
-    module: String,
-    dtype: Dtype,
-    rows: usize,
-    cols: usize,
-    values: (&'a Shard, &'a TensorInfo),
-    bitmask: (&'a Shard, &'a TensorInfo),
+pub(crate) struct Compressed<'a> {
+    pub(crate) module: String,
+    pub(crate) dtype: Dtype,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) values: (&'a Shard, &'a TensorInfo),
+    pub(crate) bitmask: (&'a Shard, &'a TensorInfo),
     /// Where each row's values start (`rows + 1` entries).
-    offsets: Vec<u64>,
+    pub(crate) offsets: Vec<u64>,
+}
+
+/// The compressed format of the checkpoint in `dir`: `None` when its
+/// `config.json` (if any) has no `quantization_config.sparsity_config`, an
+/// error when that names a format symprune does not read.
+pub(crate) fn sparse_format(dir: &Path) -> Result<Option<SaveFormat>> {
+    let sparse = read_config(dir)?
+        .and_then(|c| c.get("quantization_config").cloned())
+        .is_some_and(|qc| qc.get("sparsity_config").is_some_and(|s| !s.is_null()));
+    if !sparse {
+        return Ok(None);
+    }
+    read_format(dir).map(|(format, _)| Some(format))
+}
+
+/// The compressed weight that the tensor `name` is a part of, if any.
+pub(crate) fn part_of<'m, 'a>(
+    found: &'m HashMap<String, Compressed<'a>>,
+    format: SaveFormat,
+    name: &str,
+) -> Option<&'m Compressed<'a>> {
+    param_suffixes(format)
+        .iter()
+        .find_map(|s| name.strip_suffix(&format!(".{s}")))
+        .and_then(|m| found.get(m))
 }
 
 /// The compressed format named by a checkpoint's `config.json`.
@@ -882,7 +907,7 @@ fn read_format(dir: &Path) -> Result<(SaveFormat, Map<String, Value>)> {
 /// lie in different shards): every part present, dtypes and shapes
 /// consistent, the bitmask's popcount equal to the values (and to the row
 /// offsets).
-fn find_compressed(
+pub(crate) fn find_compressed(
     checkpoint: &Checkpoint,
     format: SaveFormat,
 ) -> Result<HashMap<String, Compressed<'_>>> {
@@ -1093,11 +1118,7 @@ pub fn decompress_checkpoint(input: &Path, output: &Path) -> Result<Report> {
         let mut order: Vec<Item> = Vec::new();
         for t in &shard.header.tensors {
             bytes_in += t.nbytes() as u64;
-            let module = param_suffixes(format)
-                .iter()
-                .find_map(|s| t.name.strip_suffix(&format!(".{s}")))
-                .and_then(|m| found.get(m));
-            match module {
+            match part_of(&found, format, &t.name) {
                 Some(c) if !placed.insert(&c.module) => {}
                 Some(c) => {
                     let size = zero_mask(c.dtype).expect("checked").0;
@@ -1629,6 +1650,56 @@ mod tests {
             r#"{"quantization_config": {"config_groups": {"g": {}}, "sparsity_config": {"format": "sparse-bitmask"}}}"#,
         );
         assert!(e.contains("symprune decompresses sparsity only"), "{e}");
+    }
+
+    #[test]
+    fn inspecting_a_compressed_checkpoint_equals_inspecting_it_decompressed() {
+        use crate::checkpoint::inspect::inspect;
+        let tmp = tempfile::tempdir().unwrap();
+        let report = |dir: &Path, nm| {
+            let mut v =
+                serde_json::to_value(inspect(dir, nm, &Selection::default()).unwrap()).unwrap();
+            v.as_object_mut().unwrap().remove("path");
+            v
+        };
+        // 2:4 (topped-up groups included) and unstructured, with one row breaking 2:4.
+        let keeps: [fn(usize, usize) -> bool; 2] =
+            [two_four, |r, c| two_four(r, c) || (r == 1 && c < 3)];
+        for (k, keep) in keeps.into_iter().enumerate() {
+            let input = tmp.path().join(format!("in{k}"));
+            model(&input, keep);
+            for format in [SaveFormat::SparseBitmask, SaveFormat::Sparse24Bitmask] {
+                let packed = tmp.path().join(format!("{k}-{format}"));
+                let back = tmp.path().join(format!("{k}-{format}-back"));
+                compress(&input, &packed, format).unwrap();
+                decompress_checkpoint(&packed, &back).unwrap();
+                for nm in [None, Some((2, 4)), Some((1, 4)), Some((3, 8))] {
+                    let (got, want) = (report(&packed, nm), report(&back, nm));
+                    assert_eq!(got, want, "{k} {format} {nm:?}");
+                    assert_eq!(got, report(&input, nm), "{k} {format} {nm:?}");
+                }
+            }
+        }
+        // A short bitmask: the error decompress gives.
+        let packed = tmp.path().join("0-sparse-bitmask");
+        let file = "model-00002-of-00002.safetensors";
+        let m = "model.layers.0.mlp.up_proj";
+        tamper(&packed, file, |t| {
+            let k = t
+                .iter()
+                .position(|x| x.0 == format!("{m}.bitmask"))
+                .unwrap();
+            t[k].2 = vec![12, 0];
+            t[k].3.clear();
+        });
+        let e = inspect(&packed, None, &Selection::default())
+            .unwrap_err()
+            .to_string();
+        let d = decompress_checkpoint(&packed, &tmp.path().join("short.out"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, d);
+        assert!(e.contains("needs U8 [12, 1]"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Sparsity of a checkpoint straight from its memory maps: per tensor the
 //! fraction of exact zeros (`±0` for floats) and, for a given N:M, how many
 //! groups of M consecutive inputs break it. Parallel over tensors and rows.
+//! A compressed-tensors checkpoint's weights are reported under their dense
+//! names, counted from bitmask and values without decompressing them.
 
-use super::reader::{Checkpoint, TensorInfo};
+use super::compressed::{find_compressed, part_of, sparse_format, Compressed};
+use super::reader::{Checkpoint, Shard, TensorInfo};
 use super::selection::Selection;
 use super::zeros::{count_zeros, is_zero, zero_mask, ZeroCount};
 use crate::error::{Error, Result};
@@ -83,6 +86,84 @@ pub(crate) fn inspect_tensor(
     }
 }
 
+/// Zeros and N:M violations of one row of a compressed weight: an element
+/// is zero when its bit is clear or its flagged value is (2:4 tops groups
+/// up with zeros), so the counts equal those of the decompressed row.
+fn compressed_row<const N: usize>(
+    bits: &[u8],
+    values: &[u8],
+    cols: usize,
+    nm: Option<(usize, usize)>,
+    mask: u64,
+) -> (u64, u64) {
+    let (mut zeros, mut violations) = (0u64, 0u64);
+    let (mut v, mut group_zeros) = (0usize, 0usize);
+    for col in 0..cols {
+        let zero = if bits[col / 8] >> (col % 8) & 1 == 1 {
+            v += N;
+            is_zero::<N>(&values[v - N..v], mask)
+        } else {
+            true
+        };
+        zeros += zero as u64;
+        if let Some((n, m)) = nm {
+            group_zeros += zero as usize;
+            if col % m == m - 1 {
+                violations += (group_zeros < n) as u64;
+                group_zeros = 0;
+            }
+        }
+    }
+    (zeros, violations)
+}
+
+/// A compressed weight as [`inspect_tensor`] reports its dense tensor.
+fn inspect_compressed(
+    c: &Compressed,
+    nm: Option<(usize, usize)>,
+    selection: &Selection,
+) -> Result<TensorSparsity> {
+    let ((shard, info), (bitmask_shard, bitmask)) = (c.values, c.bitmask);
+    let (values, bits) = (shard.data(info)?, bitmask_shard.data(bitmask)?);
+    let (size, mask) = zero_mask(c.dtype).expect("checked by find_compressed");
+    let shape = vec![c.rows, c.cols];
+    let numel = (c.rows * c.cols) as u64;
+    let float2d = numel > 0 && matches!(c.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+    let nm = nm.filter(|&(_, m)| float2d && c.cols % m == 0);
+    let mask_row = c.cols.div_ceil(8);
+    let (zeros, violations) = (0..c.rows)
+        .into_par_iter()
+        .map(|r| {
+            let row_bits = &bits[r * mask_row..(r + 1) * mask_row];
+            let row_values =
+                &values[c.offsets[r] as usize * size..c.offsets[r + 1] as usize * size];
+            match size {
+                2 => compressed_row::<2>(row_bits, row_values, c.cols, nm, mask),
+                4 => compressed_row::<4>(row_bits, row_values, c.cols, nm, mask),
+                _ => compressed_row::<8>(row_bits, row_values, c.cols, nm, mask),
+            }
+        })
+        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    shard.release(shard.offset(info), values.len());
+    bitmask_shard.release(bitmask_shard.offset(bitmask), bits.len());
+    let name = format!("{}.weight", c.module);
+    Ok(TensorSparsity {
+        selected: selection.selects_tensor(&name, &shape, c.dtype),
+        name,
+        dtype: c.dtype.to_string(),
+        shape,
+        numel,
+        zeros: Some(zeros),
+        nm_violations: nm.map(|_| violations),
+    })
+}
+
+/// Where an inspected tensor's elements are.
+enum Source<'a, 'b> {
+    Dense(&'a Shard, &'a TensorInfo),
+    Packed(&'b Compressed<'a>),
+}
+
 /// Compares names with their runs of digits as numbers (`layers.2` < `layers.10`).
 fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
     fn chunks(s: &str) -> impl Iterator<Item = (bool, &str)> {
@@ -128,15 +209,34 @@ pub fn inspect(
         }
     }
     let checkpoint = Checkpoint::open(dir)?;
-    let mut all: Vec<_> = checkpoint.tensors().collect();
+    let format = sparse_format(&checkpoint.dir)?;
+    let found = match format {
+        Some(f) => find_compressed(&checkpoint, f)?,
+        None => Default::default(),
+    };
+    // Dense tensors (in a compressed checkpoint: those not part of a
+    // compressed weight), then the compressed weights under their dense names.
+    let mut all: Vec<(&str, Source)> = checkpoint
+        .tensors()
+        .filter(|(_, t)| !format.is_some_and(|f| part_of(&found, f, &t.name).is_some()))
+        .map(|(shard, t)| (t.name.as_str(), Source::Dense(shard, t)))
+        .collect();
+    let names: Vec<(String, &Compressed)> = found
+        .values()
+        .map(|c| (format!("{}.weight", c.module), c))
+        .collect();
+    all.extend(names.iter().map(|(n, c)| (n.as_str(), Source::Packed(c))));
     // Layer 2 before layer 10: names in natural order, not as text.
-    all.sort_by(|(_, a), (_, b)| natural_order(&a.name, &b.name));
+    all.sort_by(|(a, _), (b, _)| natural_order(a, b));
     let tensors: Vec<TensorSparsity> = all
         .par_iter()
-        .map(|(shard, t)| {
-            let out = inspect_tensor(t, shard.data(t)?, nm, selection);
-            shard.release(shard.offset(t), t.nbytes());
-            Ok(out)
+        .map(|(_, source)| match source {
+            Source::Dense(shard, t) => {
+                let out = inspect_tensor(t, shard.data(t)?, nm, selection);
+                shard.release(shard.offset(t), t.nbytes());
+                Ok(out)
+            }
+            Source::Packed(c) => inspect_compressed(c, nm, selection),
         })
         .collect::<Result<_>>()?;
     let sum = |pick: &dyn Fn(&TensorSparsity) -> bool| {

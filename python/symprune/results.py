@@ -71,10 +71,12 @@ class Report:
         d["overall_sparsity"] = self.sparsity
         return d
 
-    def memory_breakdown(self) -> str:
+    def memory_breakdown(self) -> str | None:
         """Where the resident memory was: after setup, and at the end of the
         layer that held the most (anonymous: tensors and heap; file: mapped
-        shards and libraries)."""
+        shards and libraries); None when the run streamed no layers."""
+        if not (self.resident_after_setup_mb and self.layers):
+            return None
         setup = self.resident_after_setup_mb
         top = max(self.layers, key=lambda r: r.resident_mb.get("rss", 0.0))
         at = top.resident_mb
@@ -100,8 +102,9 @@ class Report:
             ("seconds", f"{self.seconds:.2f} on {self.device}"),
             ("peak RSS", f"{self.peak_rss_mb:.0f} MiB"),
         ]
-        if self.resident_after_setup_mb and self.layers:
-            rows.append(("memory", self.memory_breakdown()))
+        memory = self.memory_breakdown()
+        if memory is not None:
+            rows.append(("memory", memory))
         rows.append(("output", str(self.output)))
         if self.compression:
             c = self.compression

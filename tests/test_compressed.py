@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from reference import compressed as ref
-from reference.checkpoints import tiny_llama
+from reference.checkpoints import reshard, tiny_llama, tree_digest
 from symprune import CheckpointError, cli
 from symprune.checkpoint import (
     COMPRESSED_FORMATS,
@@ -183,6 +183,39 @@ def test_inspect_reads_compressed_checkpoints(pruned, tmp_path, fmt, capsys):
         cli.main(["inspect", str(path), "--pattern", "2:4"])
         tables.append(capsys.readouterr().out)
     assert tables[0] == tables[1] and ".weight *" in tables[0]
+
+
+@pytest.mark.real
+def test_an_interrupted_compression_of_smollm2_resumes_to_the_same_bytes(smollm2_pruned, tmp_path):
+    fmt = "sparse-24-bitmask"
+    dense = reshard(smollm2_pruned[fmt], tmp_path / "sharded", 3)
+    whole = compress(dense, tmp_path / "whole", fmt)
+    index = json.loads((dense / "model.safetensors.index.json").read_text())["weight_map"]
+    first, second = (f"model-0000{i}-of-00003.safetensors" for i in (1, 2))
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_the_second_shard(t):
+        if index[t.name] == second:
+            raise Stop
+
+    out = tmp_path / "out"
+    with pytest.raises(Stop):
+        compress(dense, out, fmt, progress=stop_in_the_second_shard)
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".symprune-journal.json",
+        ".symprune-output",
+        first,
+    ]
+    with pytest.raises(CheckpointError, match="interrupted run of another input or other"):
+        compress(dense, out, "sparse-bitmask")
+    again = compress(dense, out, fmt)
+    assert again.resumed_shards == 1 and whole.resumed_shards == 0
+    assert [t.name for t in again.tensors] == [t.name for t in whole.tensors]
+    assert again.global_sparsity == whole.global_sparsity
+    assert tree_digest(out) == tree_digest(tmp_path / "whole")
+    assert "resumed shards" in again.summary()
 
 
 @pytest.mark.real

@@ -238,7 +238,9 @@ def _store_compressed(
     """Compresses the dense ``staging`` into ``output`` (replacing an earlier symprune
     output only once the new one is complete), then removes ``staging``."""
     fresh = output.parent / f".{output.name}.symprune-compressed"
-    if fresh.exists():  # what a killed run of ours left
+    # A killed run left this: it compressed an earlier staging, which this run rewrote,
+    # so it cannot be resumed.
+    if fresh.exists():
         shutil.rmtree(fresh)
     done = checkpoint.compress(
         staging, fresh, save_format, targets=spec.targets, ignore=spec.ignore, progress=progress

@@ -535,7 +535,8 @@ def add_compress(sub: Any) -> None:
         description="Write the pruned checkpoint IN into OUT in a compressed-tensors sparse "
         "format, shard by shard without loading the model. The tensors compressed are those "
         "pruning selects (--targets/--ignore as for prune); one the format cannot hold is "
-        "written dense, listed in the config's ignore and in the summary.",
+        "written dense, listed in the config's ignore and in the summary. A run stopped "
+        "midway resumes when run again with the same arguments.",
     )
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT")
@@ -570,7 +571,7 @@ def add_decompress(sub: Any) -> None:
         help="turn a compressed-tensors sparse checkpoint back into a dense one",
         description="Write the sparse-bitmask or sparse-24-bitmask checkpoint IN into OUT as "
         "a dense checkpoint, shard by shard; what `symprune compress` wrote comes back byte "
-        "for byte.",
+        "for byte. A run stopped midway resumes when run again.",
     )
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT")

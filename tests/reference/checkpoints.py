@@ -110,3 +110,36 @@ def tree_digest(path: Path) -> dict[str, str]:
         for p in sorted(path.rglob("*"))
         if p.is_file()
     }
+
+
+def reshard(src: Path, dst: Path, shards: int) -> Path:
+    """A copy of the one-file checkpoint ``src`` in ``shards`` files (decoder layers split
+    evenly, the rest in the first), with its index and other files (not symprune's
+    manifest, which names the one file), as transformers' sharded saves lay it out."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(src / "model.safetensors", framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    layers = 1 + max(int(k.split(".")[2]) for k in tensors if k.startswith("model.layers."))
+
+    def shard_of(name: str) -> int:
+        if not name.startswith("model.layers."):
+            return 0
+        return int(name.split(".")[2]) * shards // layers
+
+    dst.mkdir(parents=True)
+    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    weight_map = {}
+    for i, file in enumerate(files):
+        part = {k: v for k, v in tensors.items() if shard_of(k) == i}
+        save_file(part, dst / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    for other in src.iterdir():
+        copied = other.suffix != ".safetensors" and other.name != "sparsity.json"
+        if other.is_file() and copied and not other.name.startswith("."):
+            (dst / other.name).write_bytes(other.read_bytes())
+    return dst

@@ -57,6 +57,7 @@ class CompressReport:
     output_tensor_bytes: int
     bytes_written: int
     shards: int
+    resumed_shards: int
     skipped_files: list[str]
     seconds: float
     peak_rss_mb: float
@@ -76,6 +77,7 @@ class CompressReport:
                 f"{self.input_tensor_bytes:,} -> {self.output_tensor_bytes:,} ({ratio:.3f}x)",
             ),
             ("seconds", f"{self.seconds:.2f}"),
+            *([("resumed shards", str(self.resumed_shards))] if self.resumed_shards else []),
             ("peak RSS", f"{self.peak_rss_mb:.0f} MiB"),
             ("output", self.output),
         ]
@@ -102,6 +104,7 @@ def _report(input: str | Path, output: str | Path, data: dict[str, Any]) -> Comp
         output_tensor_bytes=data["output_tensor_bytes"],
         bytes_written=data["bytes_written"],
         shards=data["shards"],
+        resumed_shards=data["resumed_shards"],
         skipped_files=data["skipped_files"],
         seconds=data["seconds"],
         peak_rss_mb=peak_rss_mb(),
@@ -124,7 +127,9 @@ def compress(
     pruning). One a format cannot hold (not 2:4 for ``sparse-24-bitmask``, not a
     ``.weight``, or no smaller as a bitmask) is written dense, listed in the config's
     ``ignore`` and in :attr:`CompressReport.left_dense` with the reason. ``output``
-    must be a new or empty directory; a failed run removes what it wrote.
+    must be a new or empty directory. Finished shards are journaled: a run stopped or
+    failed midway, run again with the same input, format and selection, resumes
+    (:attr:`CompressReport.resumed_shards`) and ends with the same bytes.
     """
     data = _core.compress_checkpoint(
         str(model),
@@ -142,5 +147,5 @@ def decompress(model: str | Path, output: str | Path) -> CompressReport:
     :func:`compress` wrote from shards laid out as safetensors writes them comes back
     byte for byte (docs/formats.md §4). Malformed inputs raise
     :class:`~symprune.errors.CheckpointError` naming the file and tensor before
-    anything is written."""
+    anything is written; an interrupted run resumes as :func:`compress` does."""
     return _report(model, output, _core.decompress_checkpoint(str(model), str(output)))

@@ -817,7 +817,7 @@ fn holds_files(dir: &Path, expected: &dyn Fn(&str) -> bool) -> Result<bool> {
 }
 
 /// Identifies the input: shard names, sizes, modification times and headers.
-fn fingerprint(input: &Checkpoint) -> Result<String> {
+pub(crate) fn fingerprint(input: &Checkpoint) -> Result<String> {
     let mut text = Vec::new();
     for shard in &input.shards {
         shard.check_intact()?;

@@ -722,27 +722,32 @@ fn write_compressed(
     let nnz = data
         .par_chunks(block * cols * size)
         .enumerate()
-        .map(|(b, chunk)| -> Result<u64> {
-            let r0 = b * block;
-            let n_rows = chunk.len() / (cols * size);
-            let first = offsets[r0] as usize;
-            let len = (offsets[r0 + n_rows] as usize - first) * size;
-            // One element of slack for the unconditional copies.
-            let mut values = vec![0u8; len + size];
-            let mut bits = vec![0u8; n_rows * mask_row];
-            let (v, m) = (&mut values[..], &mut bits[..]);
-            let nnz = match (format, size) {
-                (SaveFormat::Sparse24Bitmask, 2) => pack_24::<2>(chunk, cols, mask, v, m),
-                (SaveFormat::Sparse24Bitmask, 4) => pack_24::<4>(chunk, cols, mask, v, m),
-                (SaveFormat::Sparse24Bitmask, _) => pack_24::<8>(chunk, cols, mask, v, m),
-                (_, 2) => (pack_bitmask::<2>(chunk, cols, mask, v, m) / 2) as u64,
-                (_, 4) => (pack_bitmask::<4>(chunk, cols, mask, v, m) / 4) as u64,
-                _ => (pack_bitmask::<8>(chunk, cols, mask, v, m) / 8) as u64,
-            };
-            file.write_at(values_at + (first * size) as u64, &values[..len])?;
-            file.write_at(mask_at + (r0 * mask_row) as u64, &bits)?;
-            Ok(nnz)
-        })
+        // Buffers per worker: fresh pages per block would fault on every write.
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(values, bits), (b, chunk)| -> Result<u64> {
+                let r0 = b * block;
+                let n_rows = chunk.len() / (cols * size);
+                let first = offsets[r0] as usize;
+                let len = (offsets[r0 + n_rows] as usize - first) * size;
+                // One element of slack for the unconditional copies.
+                values.resize(len + size, 0);
+                bits.clear();
+                bits.resize(n_rows * mask_row, 0);
+                let (v, m) = (&mut values[..], &mut bits[..]);
+                let nnz = match (format, size) {
+                    (SaveFormat::Sparse24Bitmask, 2) => pack_24::<2>(chunk, cols, mask, v, m),
+                    (SaveFormat::Sparse24Bitmask, 4) => pack_24::<4>(chunk, cols, mask, v, m),
+                    (SaveFormat::Sparse24Bitmask, _) => pack_24::<8>(chunk, cols, mask, v, m),
+                    (_, 2) => (pack_bitmask::<2>(chunk, cols, mask, v, m) / 2) as u64,
+                    (_, 4) => (pack_bitmask::<4>(chunk, cols, mask, v, m) / 4) as u64,
+                    _ => (pack_bitmask::<8>(chunk, cols, mask, v, m) / 8) as u64,
+                };
+                file.write_at(values_at + (first * size) as u64, &values[..len])?;
+                file.write_at(mask_at + (r0 * mask_row) as u64, bits)?;
+                Ok(nnz)
+            },
+        )
         .try_reduce(|| 0, |a, b| Ok(a + b))?;
     shard.release(shard.offset(t), data.len());
     let mut tail = Vec::new();
@@ -1315,26 +1320,74 @@ fn write_dense(file: &mut ShardFile, c: &Compressed) -> Result<()> {
     let at = file.pos;
     (0..c.rows.div_ceil(block))
         .into_par_iter()
-        .try_for_each(|b| -> Result<()> {
+        // One buffer per worker: fresh pages per block would fault on every write.
+        .try_for_each_init(Vec::new, |dense, b| -> Result<()> {
             let (r0, r1) = (b * block, ((b + 1) * block).min(c.rows));
-            let mut dense = vec![0u8; (r1 - r0) * c.cols * size];
+            dense.resize((r1 - r0) * c.cols * size, 0);
             let mut v = c.offsets[r0] as usize * size;
-            for r in r0..r1 {
+            for (r, out) in (r0..r1).zip(dense.chunks_exact_mut(c.cols * size)) {
                 let row = &bits[r * mask_row..(r + 1) * mask_row];
-                let out = &mut dense[(r - r0) * c.cols * size..];
-                for col in 0..c.cols {
-                    if row[col / 8] >> (col % 8) & 1 == 1 {
-                        out[col * size..(col + 1) * size].copy_from_slice(&values[v..v + size]);
-                        v += size;
-                    }
-                }
+                v = match size {
+                    2 => unpack_row::<2>(row, values, v, out),
+                    4 => unpack_row::<4>(row, values, v, out),
+                    _ => unpack_row::<8>(row, values, v, out),
+                };
             }
-            file.write_at(at + (r0 * c.cols * size) as u64, &dense)
+            file.write_at(at + (r0 * c.cols * size) as u64, dense)
         })?;
     shard.release(shard.offset(info), values.len());
     bitmask_shard.release(bitmask_shard.offset(bitmask), bits.len());
     file.pos += (c.rows * c.cols * size) as u64;
     Ok(())
+}
+
+/// For each bitmask byte, where each of its eight elements finds its value
+/// among the byte's values: its rank among the flagged ones, or 8 (a zero
+/// slot) when unflagged.
+const RANKS: [[u8; 8]; 256] = {
+    let mut table = [[8u8; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut rank, mut i) = (0, 0);
+        while i < 8 {
+            if m >> i & 1 == 1 {
+                table[m][i] = rank;
+                rank += 1;
+            }
+            i += 1;
+        }
+        m += 1;
+    }
+    table
+};
+
+/// Fills the dense row `out` from its bitmask row and the values from byte
+/// `v` on; returns where the next row's values start. Eight elements at a
+/// time, without a branch on the data: the byte's values go into a small
+/// buffer with a zero slot after them, and each element takes its slot.
+fn unpack_row<const N: usize>(bits: &[u8], values: &[u8], mut v: usize, out: &mut [u8]) -> usize {
+    let mut buf = [[0u8; N]; 9];
+    for (&byte, octet) in bits.iter().zip(out.chunks_mut(8 * N)) {
+        let have = octet.len() / N;
+        // Bits past the last column are padding, ignored.
+        let flags = if have < 8 {
+            byte & ((1u8 << have) - 1)
+        } else {
+            byte
+        };
+        let count = flags.count_ones() as usize;
+        let slots = buf[..8].as_flattened_mut();
+        if v + 8 * N <= values.len() {
+            slots.copy_from_slice(&values[v..v + 8 * N]);
+        } else {
+            slots[..count * N].copy_from_slice(&values[v..v + count * N]);
+        }
+        for (e, &rank) in octet.chunks_exact_mut(N).zip(&RANKS[flags as usize]) {
+            e.copy_from_slice(&buf[rank as usize]);
+        }
+        v += count * N;
+    }
+    v
 }
 
 /// Writes the compressed-tensors checkpoint `input` (sparse-bitmask or
@@ -1833,6 +1886,29 @@ mod tests {
         let done = decompress_checkpoint(&whole, &again).unwrap();
         assert_eq!(done.resumed_shards, 1);
         assert_eq!(files(&again), files(&back));
+    }
+
+    #[test]
+    fn weights_of_zeros_only_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in");
+        model(&input, |_, _| false);
+        for format in [SaveFormat::SparseBitmask, SaveFormat::Sparse24Bitmask] {
+            let (packed, back) = (tmp.path().join(format.name()), tmp.path().join("back"));
+            let report = compress(&input, &packed, format).unwrap();
+            assert_eq!(report.tensors.len(), 3, "{format}");
+            assert!(report.tensors.iter().all(|t| t.nonzeros == 0));
+            decompress_checkpoint(&packed, &back).unwrap();
+            for shard in [
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+            ] {
+                assert!(
+                    fs::read(input.join(shard)).unwrap() == fs::read(back.join(shard)).unwrap()
+                );
+            }
+            fs::remove_dir_all(&back).unwrap();
+        }
     }
 
     #[test]

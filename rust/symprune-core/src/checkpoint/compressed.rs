@@ -451,15 +451,26 @@ impl ShardFile {
             .map_err(Error::io(&self.tmp))
     }
 
-    /// Appends a tensor kept as it is, copied from the input map.
-    fn copy(&mut self, shard: &Shard, t: &TensorInfo) -> Result<()> {
+    /// Appends a tensor kept as it is, copied from the input map a chunk at
+    /// a time (each chunk's pages dropped once written); returns its zeros
+    /// and elements if it is floating-point, counted on the way.
+    fn copy(&mut self, shard: &Shard, t: &TensorInfo) -> Result<(u64, u64)> {
         let data = shard.data(t)?;
+        let float = matches!(t.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64);
+        let mut zeros = 0;
         for (k, chunk) in data.chunks(COPY_BYTES).enumerate() {
+            if float {
+                zeros += count_zeros(t.dtype, chunk).expect("whole elements");
+            }
             self.write_at(self.pos + (k * COPY_BYTES) as u64, chunk)?;
             shard.release(shard.offset(t) + k * COPY_BYTES, chunk.len());
         }
         self.pos += data.len() as u64;
-        Ok(())
+        Ok(if float {
+            (zeros, t.numel() as u64)
+        } else {
+            (0, 0)
+        })
     }
 
     /// Writes the header at the start, fsyncs, renames into place and
@@ -745,11 +756,11 @@ fn write_compressed(
                 };
                 file.write_at(values_at + (first * size) as u64, &values[..len])?;
                 file.write_at(mask_at + (r0 * mask_row) as u64, bits)?;
+                shard.release(shard.offset(t) + r0 * cols * size, chunk.len());
                 Ok(nnz)
             },
         )
         .try_reduce(|| 0, |a, b| Ok(a + b))?;
-    shard.release(shard.offset(t), data.len());
     let mut tail = Vec::new();
     let mut entries = vec![
         Entry {
@@ -988,9 +999,8 @@ fn compress_shard(
                         reason,
                     });
                 }
-                let (z, n) = float_zeros(t, data);
+                let (z, n) = file.copy(shard, t)?;
                 (done.zeros, done.numel) = (done.zeros + z, done.numel + n);
-                file.copy(shard, t)?;
                 entries.push(Entry {
                     name: t.name.clone(),
                     dtype: t.dtype,
@@ -1496,9 +1506,8 @@ fn decompress_shard(
                 });
             }
             Item::Kept(t) => {
-                let (z, n) = float_zeros(t, shard.data(t)?);
+                let (z, n) = file.copy(shard, t)?;
                 (done.zeros, done.numel) = (done.zeros + z, done.numel + n);
-                file.copy(shard, t)?;
             }
         }
     }

@@ -68,6 +68,14 @@ def mask_of(
     tensor: str = "",
 ) -> npt.NDArray[np.bool_]: ...
 def apply_mask(weight: Matrix, dtype: str, mask: npt.NDArray[np.bool_]) -> int: ...
+def sparsegpt(
+    weight: npt.NDArray[np.float32],
+    hinv: npt.NDArray[np.float32],
+    blocksize: int,
+    pattern: str | None = None,
+    sparsity: float | None = None,
+    tensor: str = "",
+) -> npt.NDArray[np.bool_]: ...
 
 class RefineReport:
     @property

@@ -5,6 +5,10 @@ selection is per block of ``blocksize`` columns, as in the reference: the
 ``floor(s · rows · block)`` smallest ``w² / [H⁻¹]_jj²`` of the block (exact
 count, ties by row-major index); N:M picks per group at every ``i % M == 0``
 on the already-updated weights. The weight is updated in place.
+
+The damped inverse Hessian's Cholesky factor is computed by torch (LAPACK or
+cuSOLVER); the column loop runs in Rust on the CPU (rows in parallel, the GIL
+released) and as torch operations on a GPU.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from symprune import _core
 from symprune.errors import InvalidInputError
 from symprune.methods import register
 from symprune.spec import PruneSpec
@@ -32,6 +37,17 @@ def sparsegpt(
             f"{tensor}: {weight.shape[1]} input columns are not a multiple "
             f"of M = {m}; use another pattern or exclude this tensor"
         )
+    w, hinv = inverse_factor(weight, hessian, percdamp, tensor)
+    mask = column_loop(w, hinv, blocksize, spec, tensor)
+    weight.copy_(w.to(weight.dtype))
+    return mask
+
+
+def inverse_factor(
+    weight: torch.Tensor, hessian: torch.Tensor, percdamp: float, tensor: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 copy of ``weight`` to prune (dead input columns zeroed) and the upper
+    Cholesky factor of the damped inverse Hessian, on the weight's device."""
     w = weight.detach().float().clone()
     h = hessian.to(w.device, torch.float32).clone()
     for what, values in (("weight", w), ("Hessian of its inputs", h)):
@@ -40,7 +56,7 @@ def sparsegpt(
                 f"{tensor}: its {what} holds NaN or Inf; check the checkpoint and the "
                 "calibration activations (a model overflowing in its dtype)"
             )
-    rows, cols = w.shape
+    cols = w.shape[1]
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
@@ -54,6 +70,28 @@ def sparsegpt(
             f"percdamp {percdamp}; raise percdamp (e.g. --param percdamp=0.1) or calibrate "
             "on more windows"
         ) from failed
+    return w, hinv
+
+
+def column_loop(
+    w: torch.Tensor, hinv: torch.Tensor, blocksize: int, spec: PruneSpec, tensor: str
+) -> np.ndarray:
+    """Prunes the float32 ``w`` in place with the factor ``hinv``: in Rust on the CPU,
+    as torch operations on a GPU; returns the mask (true = pruned)."""
+    if w.device.type != "cpu":
+        return torch_column_loop(w, hinv, blocksize, spec).cpu().numpy()
+    factor = hinv.contiguous().numpy()
+    sparsity = spec.request.sparsity
+    return _core.sparsegpt(w.numpy(), factor, blocksize, spec.pattern, sparsity, tensor)
+
+
+def torch_column_loop(
+    w: torch.Tensor, hinv: torch.Tensor, blocksize: int, spec: PruneSpec
+) -> torch.Tensor:
+    """The column loop as torch operations (the GPU path): prunes the float32 ``w``
+    in place with the upper factor ``hinv``; returns the mask (true = pruned)."""
+    rows, cols = w.shape
+    n, m = spec.nm or (0, 0)
     mask = torch.zeros_like(w, dtype=torch.bool)
 
     for i1 in range(0, cols, blocksize):
@@ -84,8 +122,7 @@ def sparsegpt(
         w[:, i2:] -= err1.matmul(hinv[i1:i2, i2:])
         mask[:, i1:i2] = mask1
 
-    weight.copy_(w.to(weight.dtype))
-    return mask.cpu().numpy()
+    return mask
 
 
 register("sparsegpt", sparsegpt)

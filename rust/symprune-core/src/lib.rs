@@ -12,6 +12,7 @@ pub mod mask;
 pub mod refine;
 pub mod rng;
 pub mod score;
+pub mod sparsegpt;
 pub mod swaps;
 pub mod vocab;
 

@@ -11,6 +11,7 @@ use numpy::{
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use symprune_core::sparsegpt::{prune as sparsegpt_prune, Target};
 use symprune_core::{mask, score as scores, ActStats, MatRef, Method, Pattern};
 
 /// Runs `$body` with `$m` bound to a `MatRef` of the array's element type.
@@ -162,8 +163,34 @@ fn apply_mask(
     }
 }
 
+/// SparseGPT's column loop on the CPU: prunes the float32 `weight` in place
+/// under `pattern` at `sparsity` with `hinv`, the upper Cholesky factor of
+/// the damped inverse Hessian, in blocks of `blocksize` columns; returns the
+/// mask (true = pruned).
+#[pyfunction]
+#[pyo3(signature = (weight, hinv, blocksize, pattern=None, sparsity=None, tensor=""))]
+fn sparsegpt<'py>(
+    py: Python<'py>,
+    mut weight: PyReadwriteArray2<'py, f32>,
+    hinv: PyReadonlyArray2<'py, f32>,
+    blocksize: usize,
+    pattern: Option<&str>,
+    sparsity: Option<f64>,
+    tensor: &str,
+) -> PyResult<Bound<'py, PyArray2<bool>>> {
+    let target = Target::of(parse_pattern(py, pattern, sparsity)?);
+    let (rows, cols) = (weight.shape()[0], weight.shape()[1]);
+    let w = weight.as_slice_mut()?;
+    let h = hinv.as_slice()?;
+    let mask = py
+        .detach(|| sparsegpt_prune(w, rows, cols, h, blocksize, target, tensor))
+        .map_err(|e| to_py(py, e))?;
+    Ok(to_matrix(py, mask, rows, cols))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(score, m)?)?;
+    m.add_function(wrap_pyfunction!(sparsegpt, m)?)?;
     m.add_function(wrap_pyfunction!(mask_of, m)?)?;
     m.add_function(wrap_pyfunction!(apply_mask, m)?)?;
     Ok(())

@@ -91,7 +91,8 @@ fn check(
     if blocksize == 0 {
         return fail("blocksize must be at least 1".into());
     }
-    if (0..cols).any(|j| !(hinv[j * cols + j] > 0.0)) {
+    if (0..cols).any(|j| hinv[j * cols + j].partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+    {
         return fail(
             "the inverse Hessian factor has a diagonal entry that is not positive; pass the \
              upper Cholesky factor of the damped inverse Hessian"

@@ -22,6 +22,7 @@ from safetensors.numpy import load_file
 
 import symprune.methods.sparsegpt as sg
 from symprune import api, data
+from symprune.evaluation.perplexity import perplexity
 from symprune.spec import PruneSpec
 from symprune.util import peak_rss_mb
 
@@ -55,24 +56,71 @@ def loops(model: Path, stats: Path, spec: PruneSpec) -> list[dict]:
 
 
 def whole_job(model: Path, args, loop) -> dict:
+    """The layer-streamed job with ``loop`` as SparseGPT's column loop: its wall time
+    (no evaluation inside), then the output's perplexity."""
     original = sg.column_loop
     sg.column_loop = loop
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out"
             t0 = time.perf_counter()
-            report = api.prune(
-                model, Path(tmp) / "out", method="sparsegpt", sparsity=args.sparsity,
-                nsamples=args.nsamples, seqlen=args.seqlen, device="cpu", evaluate=True,
-                eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows, progress=False,
+            api.prune(
+                model, out, method="sparsegpt", sparsity=args.sparsity, nsamples=args.nsamples,
+                seqlen=args.seqlen, device="cpu", progress=False,
             )  # fmt: skip
             wall = time.perf_counter() - t0
+            ppl = perplexity(out, seqlen=args.eval_seqlen, max_windows=args.eval_windows)
     finally:
         sg.column_loop = original
-    return {"wall": wall, "ppl": report.perplexity["pruned"], "dense": report.perplexity["dense"]}
+    return {"wall": wall, "ppl": ppl}
 
 
 def torch_loop(w, hinv, blocksize, spec, tensor):
     return sg.torch_column_loop(w, hinv, blocksize, spec).numpy()
+
+
+def torch_loop_float64(w, hinv, blocksize, spec, tensor):
+    """The torch loop in float64 on the same factor: the rounding-free answer that both
+    float32 loops approximate."""
+    wide = w.double()
+    mask = sg.torch_column_loop(wide, hinv.double(), blocksize, spec)
+    w.copy_(wide)
+    return mask.numpy()
+
+
+def loop_table(model: Path, args, spec: PruneSpec) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = Path(tmp) / "stats.safetensors"
+        api.calibrate(
+            model, stats, nsamples=args.nsamples, seqlen=args.seqlen, device="cpu", gram=True,
+            progress=False,
+        )  # fmt: skip
+        rows = loops(model, stats, spec)
+    print(
+        "| shape (out × in) | linears | Rust loop s | torch loop s | torch ÷ Rust | masks agree |"
+    )  # noqa: E501
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['shape'][0]} × {r['shape'][1]} | {r['linears']:.0f} | {r['rust']:.2f} "
+            f"| {r['torch']:.2f} | {r['torch'] / r['rust']:.1f} | {r['agree']:.5f} |"
+        )
+    rust, torch_s = sum(r["rust"] for r in rows), sum(r["torch"] for r in rows)
+    print(f"| all | {sum(r['linears'] for r in rows):.0f} | {rust:.2f} | {torch_s:.2f} "
+          f"| {torch_s / rust:.1f} | |")  # fmt: skip
+
+
+def job_table(model: Path, args) -> None:
+    jobs = {
+        "Rust loop": whole_job(model, args, sg.column_loop),
+        "torch loop": whole_job(model, args, torch_loop),
+        "torch loop in float64": whole_job(model, args, torch_loop_float64),
+    }
+    dense = perplexity(model, seqlen=args.eval_seqlen, max_windows=args.eval_windows)
+    print(f"\n| whole job (CPU, prune only) | wall s | perplexity (dense {dense:.3f}) |")
+    print("|---|---:|---:|")
+    for name, j in jobs.items():
+        print(f"| {name} | {j['wall']:.1f} | {j['ppl']:.3f} |")
 
 
 def main() -> None:
@@ -83,36 +131,15 @@ def main() -> None:
     ap.add_argument("--eval-seqlen", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=40)
     ap.add_argument("--no-job", action="store_true", help="only the column loops")
+    ap.add_argument("--no-loops", action="store_true", help="only the whole jobs")
     args = ap.parse_args()
     model = data.builtin_model("smollm2-135m")
-    spec = PruneSpec(method="sparsegpt", sparsity=args.sparsity)
     print(f"{os.cpu_count()} cores, {platform.platform()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; load {os.getloadavg()[0]:.1f}")  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        stats = Path(tmp) / "stats.safetensors"
-        api.calibrate(
-            model, stats, nsamples=args.nsamples, seqlen=args.seqlen, device="cpu", gram=True,
-            progress=False,
-        )  # fmt: skip
-        rows = loops(model, stats, spec)
-    print("| shape (out × in) | linears | Rust loop s | torch loop s | torch ÷ Rust | masks agree |")  # noqa: E501
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['shape'][0]} × {r['shape'][1]} | {r['linears']:.0f} | {r['rust']:.2f} "
-            f"| {r['torch']:.2f} | {r['torch'] / r['rust']:.1f} | {r['agree']:.5f} |"
-        )
-    rust, torch_s = sum(r["rust"] for r in rows), sum(r["torch"] for r in rows)
-    print(f"| all | {sum(r['linears'] for r in rows):.0f} | {rust:.2f} | {torch_s:.2f} "
-          f"| {torch_s / rust:.1f} | |")  # fmt: skip
-    if args.no_job:
-        return
-    jobs = {"Rust loop": whole_job(model, args, sg.column_loop)}
-    jobs["torch loop"] = whole_job(model, args, torch_loop)
-    print("\n| whole job (CPU) | wall s | perplexity (dense) |")
-    print("|---|---:|---:|")
-    for name, j in jobs.items():
-        print(f"| {name} | {j['wall']:.1f} | {j['ppl']:.3f} ({j['dense']:.3f}) |")
+    if not args.no_loops:
+        loop_table(model, args, PruneSpec(method="sparsegpt", sparsity=args.sparsity))
+    if not args.no_job:
+        job_table(model, args)
     print(f"peak RSS of this process {peak_rss_mb():.0f} MiB")
 
 

@@ -47,6 +47,24 @@ def test_parse_target():
             report.parse_target(bad)
 
 
+def test_a_cell_names_its_refinement_parameters():
+    target = report.parse_target("60%")
+    spec = report.cell_spec("wanda", target, "r2dsnot:decision=exact;max_cycles=3")
+    assert spec.refine == "r2dsnot"
+    assert spec.effective_refine_params["decision"] == "exact"
+    assert spec.effective_refine_params["max_cycles"] == 3
+    plain = report.cell_spec("wanda", target, "r2dsnot")
+    assert plain.effective_refine_params["decision"] == "mean"
+    settings = report.GridSettings.resolve(device="cpu", seed=0, batch_size=8)
+    refines = ("r2dsnot", "r2dsnot:decision=exact")
+    keys = [report.cell_key("m", "wanda", target, r, settings) for r in refines]
+    assert keys[0]["run"] != keys[1]["run"]
+    paths = {report.cell_path(Path("out"), k) for k in keys}
+    assert len(paths) == 2 and all(p.name.isascii() and ":" not in p.name for p in paths)
+    with pytest.raises(InvalidInputError, match="decision"):
+        report.cell_spec("wanda", target, "r2dsnot:decision=exactly")
+
+
 def test_layer_profile_sums_tensors_per_layer_without_layer_records():
     tensors = [
         {"name": "model.layers.0.a.weight", "shape": [2, 2], "sparsity": 0.5},

@@ -70,15 +70,10 @@ def _selection_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _param(text: str) -> tuple[str, Any]:
-    """``NAME=VALUE``: VALUE as JSON (numbers, true/false), else as a string."""
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
     try:
-        parsed = json.loads(value)
-    except ValueError:
-        parsed = value
-    return name.strip().replace("-", "_"), parsed
+        return spec.parse_param(text)
+    except InvalidInputError as bad:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE") from bad
 
 
 def _schema_help(owners: dict[str, Any]) -> str:
@@ -481,7 +476,8 @@ def add_report(sub: Any) -> None:
         type=_names,
         default=list(report.REFINES),
         metavar="R1,R2",
-        help="none, dsnot, r2dsnot (default: all three)",
+        help="none or a refinement, with its parameters as NAME:P=V;P=V (e.g. "
+        "r2dsnot:decision=exact); default: " + ",".join(report.REFINES),
     )
     p.add_argument("--nsamples", type=int, help="calibration windows (default 128 GPU, 16 CPU)")
     p.add_argument("--seqlen", type=int, help="calibration tokens (default 2048 GPU, 512 CPU)")

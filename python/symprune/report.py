@@ -31,7 +31,13 @@ from typing import Any
 from symprune import data
 from symprune.errors import InvalidInputError, SymPruneError
 from symprune.spec import METHODS as ALL_METHODS
-from symprune.spec import REFINERS, Calibration, PruneSpec, evaluation_windows
+from symprune.spec import (
+    REFINERS,
+    Calibration,
+    PruneSpec,
+    evaluation_windows,
+    parse_refinement,
+)
 
 # torch and the pruning API are imported on first use: the CLI builds this
 # command's parser (from the constants below) for every command.
@@ -145,15 +151,21 @@ def cell_key(
     return key
 
 
-def cell_spec(method: str, target: Target, refine: str | None) -> PruneSpec:
-    """What a cell prunes: the method with the core's defaults at ``target``."""
-    return PruneSpec(method=method, sparsity=target.sparsity, pattern=target.pattern, refine=refine)
+def cell_spec(method: str, target: Target | None, refine: str | None) -> PruneSpec:
+    """What a cell prunes: the method with the core's defaults at ``target``, refined
+    by ``refine`` (``NAME`` or ``NAME:P=V;...``, :func:`~symprune.spec.parse_refinement`)."""
+    name, params = parse_refinement(refine) if refine else (None, {})
+    sparsity, pattern = (target.sparsity, target.pattern) if target else (None, None)
+    return PruneSpec(
+        method=method, sparsity=sparsity, pattern=pattern, refine=name, refine_params=params
+    )
 
 
 def cell_path(out: Path, key: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     parts = [model_label(key["model"]), key["method"], key.get("target"), key.get("refine")]
     slug = "-".join(str(p).replace("%", "pct").replace(":", "of") for p in parts if p)
+    slug = re.sub(r"[^\w.-]+", "_", slug)
     return out / "cells" / f"{slug}-{digest}.json"
 
 
@@ -286,9 +298,9 @@ def run_grid(
     log: Log = _stderr,
 ) -> list[dict[str, Any]]:
     """Every cell (plus each model's dense perplexity), in order; cached cells are reused."""
-    for method in methods:  # an unknown name fails before any work
+    for method in methods:  # an unknown name or parameter fails before any work
         for refine in refines:
-            PruneSpec(method=method, refine=refine)
+            cell_spec(method, None, refine)
     out.mkdir(parents=True, exist_ok=True)
     cells: list[tuple[str, str, Target | None, str | None]]
     cells = [(m, "dense", None, None) for m in models]

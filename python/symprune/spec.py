@@ -7,6 +7,7 @@ core's default". This module needs no torch.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -37,6 +38,25 @@ def selection_rule(
 ) -> _core.Selection:
     """The core's selection rule with ``targets`` / ``ignore`` regexes (``re:`` optional)."""
     return _core.Selection(_patterns(targets), _patterns(ignore))
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE``: VALUE as JSON (numbers, true/false), else as a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise InvalidInputError(f"param: {text!r} is not NAME=VALUE")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return name.strip().replace("-", "_"), parsed
+
+
+def parse_refinement(text: str) -> tuple[str, dict[str, Any]]:
+    """A refinement as the report grid names it: ``NAME`` or ``NAME:P=V[;P=V...]``
+    (e.g. ``r2dsnot:decision=exact``); returns the name and its parameters."""
+    name, _, rest = text.partition(":")
+    return name, dict(parse_param(p) for p in rest.split(";") if p)
 
 
 class PruneSpec:

@@ -9,6 +9,9 @@ dequantized weights tie often), which the tolerance allows for.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -76,6 +79,17 @@ def test_bad_columns_for_n_m_are_one_clear_error():
     spec = PruneSpec(method="sparsegpt", pattern="2:4")
     with pytest.raises(InvalidInputError, match="not a multiple of M = 4"):
         sparsegpt(torch.randn(4, 6), {}, correlated_hessian(6, 0), spec, "w")
+
+
+def test_importing_one_family_first_keeps_the_registry_whole():
+    # A fresh interpreter: the registry is per process.
+    code = (
+        "import symprune.methods.sparsegpt\n"
+        "from symprune import methods\n"
+        "methods.get('wanda'); methods.get('magnitude'); methods.get_refiner('dsnot')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -69,13 +69,18 @@ def register_refiner(name: str, fn: RefineFn) -> None:
     _REFINERS[name] = fn
 
 
+def _missing() -> set[str]:
+    return set(METHODS) - set(_METHODS) | set(REFINERS) - set(_REFINERS)
+
+
 def _load() -> None:
-    if not _METHODS:
+    # By what is missing, not by emptiness: a family imported directly
+    # (``symprune.methods.sparsegpt``) registers only its own methods.
+    if _missing():
         for family in _FAMILIES:
             importlib.import_module(f"symprune.methods.{family}")
-        missing = set(METHODS) - set(_METHODS) | set(REFINERS) - set(_REFINERS)
-        if missing:
-            raise RuntimeError(f"no implementation for {sorted(missing)}")
+        if _missing():
+            raise RuntimeError(f"no implementation for {sorted(_missing())}")
 
 
 def get(name: str) -> Method:

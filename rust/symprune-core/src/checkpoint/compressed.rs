@@ -456,7 +456,7 @@ impl ShardFile {
     /// and elements if it is floating-point, counted on the way.
     fn copy(&mut self, shard: &Shard, t: &TensorInfo) -> Result<(u64, u64)> {
         let data = shard.data(t)?;
-        let float = matches!(t.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64);
+        let float = is_float(t.dtype);
         let mut zeros = 0;
         for (k, chunk) in data.chunks(COPY_BYTES).enumerate() {
             if float {
@@ -484,10 +484,8 @@ impl ShardFile {
         mut done: ShardDone,
     ) -> Result<()> {
         assert!(header.len() as u64 <= self.base, "header fits its space");
-        // Data written past the end (a tensor packed, then left dense) is cut.
         self.file
             .write_all_at(header, 0)
-            .and_then(|_| self.file.set_len(self.base + self.pos))
             .and_then(|_| self.file.sync_all())
             .map_err(Error::io(&self.tmp))?;
         fsutil::commit(&self.tmp, &out.path().join(name))?;
@@ -523,11 +521,15 @@ fn render_json(map: &Map<String, Value>) -> String {
     text
 }
 
+/// Whether `global_sparsity` counts tensors of `dtype`.
+fn is_float(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
+}
+
 /// Zeros and elements of a floating-point tensor's bytes (others: none).
 fn float_zeros(t: &TensorInfo, data: &[u8]) -> (u64, u64) {
-    let float = matches!(t.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64);
     match count_zeros(t.dtype, data) {
-        Some(z) if float => (z, t.numel() as u64),
+        Some(z) if is_float(t.dtype) => (z, t.numel() as u64),
         _ => (0, 0),
     }
 }
@@ -1487,7 +1489,7 @@ fn decompress_shard(
                 write_dense(&mut file, c)?;
                 let nnz = c.offsets[c.rows] - flagged_zeros;
                 let size = zero_mask(c.dtype).expect("checked").0;
-                if matches!(c.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) {
+                if is_float(c.dtype) {
                     (done.zeros, done.numel) = (done.zeros + n - nnz, done.numel + n);
                 }
                 let parts = part_names(format, &c.module);

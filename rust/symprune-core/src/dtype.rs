@@ -8,6 +8,8 @@ use rayon::prelude::*;
 pub trait Element: Copy + Send + Sync + PartialEq + 'static {
     const ZERO: Self;
     fn to_f32(self) -> f32;
+    /// The absolute value, exact (the sign bit cleared).
+    fn abs(self) -> Self;
 }
 
 impl Element for f32 {
@@ -15,6 +17,10 @@ impl Element for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        f32::abs(self)
     }
 }
 
@@ -24,6 +30,10 @@ impl Element for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        f16::from_bits(self.to_bits() & 0x7fff)
+    }
 }
 
 impl Element for bf16 {
@@ -31,6 +41,10 @@ impl Element for bf16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        bf16::from_bits(self.to_bits() & 0x7fff)
     }
 }
 

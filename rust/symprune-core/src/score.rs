@@ -197,6 +197,14 @@ pub fn compute<T: Element>(
     })
 }
 
+/// Magnitude's scores in the weight's own element type: `|w|` is exact in
+/// every float type and orders as its `f32` value does, so a mask over these
+/// equals the mask over [`compute`]'s scores, from half the bytes for
+/// f16/bf16. Non-finite weights are left to the mask, which reports them.
+pub fn magnitudes<T: Element>(w: MatRef<T>) -> Vec<T> {
+    w.data().par_iter().map(|v| v.abs()).collect()
+}
+
 /// Row-parallel element-wise fill: `f(row, col, |w|)`.
 fn fill<T: Element>(w: MatRef<T>, f: impl Fn(usize, usize, f32) -> f32 + Sync) -> Vec<f32> {
     let cols = w.cols();
@@ -359,6 +367,44 @@ mod tests {
 
     fn mat(data: &[f32], rows: usize, cols: usize) -> MatRef<'_, f32> {
         MatRef::new(data, rows, cols, "w").unwrap()
+    }
+
+    #[test]
+    fn masks_over_magnitudes_equal_masks_over_the_magnitude_scores() {
+        use crate::mask::{self, Pattern};
+        use half::{bf16, f16};
+        let (rows, cols) = (7, 48);
+        let mut g = crate::rng::SplitMix64::stream(5, crate::rng::Axis::Row, 0);
+        // Few distinct values of both signs: ties everywhere, as in dequantized weights.
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|_| ((g.next_u64() % 9) as f32 - 4.0) * 0.125)
+            .collect();
+        fn check<T: Element>(w: &[T], rows: usize, cols: usize) {
+            let m = MatRef::new(w, rows, cols, "w").unwrap();
+            let scores = compute(m, ActStats::default(), &Score::Magnitude, "w").unwrap();
+            let wide = MatRef::new(&scores, rows, cols, "w").unwrap();
+            let own = magnitudes(m);
+            let narrow = MatRef::new(&own, rows, cols, "w").unwrap();
+            for p in [
+                Pattern::PerRow { sparsity: 0.5 },
+                Pattern::NM { n: 2, m: 4 },
+                Pattern::PerMatrix { sparsity: 0.6 },
+            ] {
+                let a = mask::compute(wide, p, "w").unwrap();
+                assert_eq!(a, mask::compute(narrow, p, "w").unwrap(), "{p:?}");
+            }
+        }
+        check(&w, rows, cols);
+        check(
+            &w.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>(),
+            rows,
+            cols,
+        );
+        check(
+            &w.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(),
+            rows,
+            cols,
+        );
     }
 
     #[test]

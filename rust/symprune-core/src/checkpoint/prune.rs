@@ -351,12 +351,18 @@ fn prune_matrix<T: Element + bytemuck::Pod>(
             let r1 = (r0 + block).min(rows);
             intact()?;
             let w = MatRef::new(&data[r0 * cols..r1 * cols], r1 - r0, cols, name)?;
-            let out_sq = stats.out_sq.as_deref().map(|o| &o[r0..r1]);
-            let scores = score::compute(w, ActStats { in_sq, out_sq }, score, name)
-                .map_err(|e| shift_rows(e, r0))?;
-            let prune = mask::compute(MatRef::new(&scores, r1 - r0, cols, name)?, pattern, name)
-                .map_err(|e| shift_rows(e, r0))?;
-            drop(scores);
+            let prune = if *score == Score::Magnitude {
+                let scores = score::magnitudes(w);
+                mask::compute(MatRef::new(&scores, r1 - r0, cols, name)?, pattern, name)
+                    // Named by the weight's own value, as the other scores do.
+                    .map_err(|e| w.ensure_finite(name).err().unwrap_or(e))
+            } else {
+                let out_sq = stats.out_sq.as_deref().map(|o| &o[r0..r1]);
+                let scores = score::compute(w, ActStats { in_sq, out_sq }, score, name)
+                    .map_err(|e| shift_rows(e, r0))?;
+                mask::compute(MatRef::new(&scores, r1 - r0, cols, name)?, pattern, name)
+            }
+            .map_err(|e| shift_rows(e, r0))?;
             write(writer, r0, r1, &prune)?;
         }
     } else {

@@ -222,6 +222,40 @@ impl ShardDone {
         };
         read().unwrap_or(false)
     }
+
+    /// Exact zeros over the floating-point elements (`global_sparsity`).
+    fn sparsity(&self) -> f64 {
+        if self.numel == 0 {
+            0.0
+        } else {
+            self.zeros as f64 / self.numel as f64
+        }
+    }
+
+    /// The report of the run whose [`totals`] these are.
+    fn report(
+        self,
+        format: SaveFormat,
+        out: &Output,
+        checkpoint: &Checkpoint,
+        resumed_shards: usize,
+        skipped_files: Vec<String>,
+        started: Instant,
+    ) -> Report {
+        Report {
+            format: format.name().into(),
+            global_sparsity: self.sparsity(),
+            tensors: self.tensors,
+            left_dense: self.left_dense,
+            input_tensor_bytes: self.bytes_in,
+            output_tensor_bytes: self.bytes_out,
+            bytes_written: out.bytes_written,
+            shards: checkpoint.shards.len(),
+            resumed_shards,
+            skipped_files,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
 }
 
 fn header_digest(header: &[u8]) -> String {
@@ -915,7 +949,7 @@ pub fn compress_checkpoint(
         let (file, header, done) = done;
         file.finish(&mut out, &shard.file, &header, done)?;
     }
-    let totals = Totals::of(out.shards(&checkpoint));
+    let totals = totals(out.shards(&checkpoint));
     let module = |name: &str| name.strip_suffix(".weight").unwrap_or(name).to_string();
     let sparsity_config = json!({
         "format": format.name(),
@@ -1018,62 +1052,18 @@ fn compress_shard(
     Ok(Some((file, header, done)))
 }
 
-/// The sums over a run's shards.
-#[derive(Default)]
-struct Totals {
-    tensors: Vec<TensorEntry>,
-    left_dense: Vec<LeftDense>,
-    zeros: u64,
-    numel: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-}
-
-impl Totals {
-    fn of<'a>(shards: impl Iterator<Item = &'a ShardDone>) -> Totals {
-        let mut t = Totals::default();
-        for d in shards {
-            t.tensors.extend(d.tensors.iter().cloned());
-            t.left_dense.extend(d.left_dense.iter().cloned());
-            t.zeros += d.zeros;
-            t.numel += d.numel;
-            t.bytes_in += d.bytes_in;
-            t.bytes_out += d.bytes_out;
-        }
-        t
+/// The run as one shard: its shards' tensors, zeros and bytes summed.
+fn totals<'a>(shards: impl Iterator<Item = &'a ShardDone>) -> ShardDone {
+    let mut t = ShardDone::default();
+    for d in shards {
+        t.tensors.extend(d.tensors.iter().cloned());
+        t.left_dense.extend(d.left_dense.iter().cloned());
+        t.zeros += d.zeros;
+        t.numel += d.numel;
+        t.bytes_in += d.bytes_in;
+        t.bytes_out += d.bytes_out;
     }
-
-    fn sparsity(&self) -> f64 {
-        if self.numel == 0 {
-            0.0
-        } else {
-            self.zeros as f64 / self.numel as f64
-        }
-    }
-
-    fn report(
-        self,
-        format: SaveFormat,
-        out: &Output,
-        checkpoint: &Checkpoint,
-        resumed_shards: usize,
-        skipped_files: Vec<String>,
-        started: Instant,
-    ) -> Report {
-        Report {
-            format: format.name().into(),
-            global_sparsity: self.sparsity(),
-            tensors: self.tensors,
-            left_dense: self.left_dense,
-            input_tensor_bytes: self.bytes_in,
-            output_tensor_bytes: self.bytes_out,
-            bytes_written: out.bytes_written,
-            shards: checkpoint.shards.len(),
-            resumed_shards,
-            skipped_files,
-            seconds: started.elapsed().as_secs_f64(),
-        }
-    }
+    t
 }
 
 /// One compressed weight of an input shard, validated.
@@ -1428,7 +1418,7 @@ pub fn decompress_checkpoint(input: &Path, output: &Path) -> Result<Report> {
         file.finish(&mut out, &shard.file, &header, done)?;
     }
     config.remove("quantization_config");
-    let totals = Totals::of(out.shards(&checkpoint));
+    let totals = totals(out.shards(&checkpoint));
     let skipped_files = out.finish(&checkpoint, totals.bytes_out, &config)?;
     Ok(totals.report(
         format,

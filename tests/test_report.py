@@ -65,6 +65,24 @@ def test_a_cell_names_its_refinement_parameters():
         report.cell_spec("wanda", target, "r2dsnot:decision=exactly")
 
 
+def test_the_summary_gives_the_refiners_loss_and_says_when_there_was_nothing_to_refine():
+    from symprune.results import Report, TensorRecord
+
+    settings = {"pattern": "per-row", "sparsity": 0.6}
+    run = Report(
+        model="m", output="o", method="wanda", refine="swaps", settings=settings, device="cpu"
+    )
+    run.tensors = [
+        TensorRecord("a", (2, 2), 0.5, 3.0, 1.0),
+        TensorRecord("b", (2, 2), 0.5, 1.0, 1.0),
+    ]
+    assert run.refinement() == "4 -> 2 (-50.0%)" and "layer-wise loss" in run.summary()
+    run.tensors = [TensorRecord("a", (2, 2), 0.5, 0.0, 0.0)]  # SparseGPT's updated weights
+    assert "nothing to refine" in run.summary()
+    run.tensors = [TensorRecord("a", (2, 2), 0.5)]  # a refiner that reports no loss
+    assert "layer-wise loss" not in run.summary() and run.refinement() is None
+
+
 def test_layer_profile_sums_tensors_per_layer_without_layer_records():
     tensors = [
         {"name": "model.layers.0.a.weight", "shape": [2, 2], "sparsity": 0.5},

@@ -86,6 +86,19 @@ class Report:
 
         return f"after setup {part(setup)}; most at layer {top.index}: {part(at)}"
 
+    def refinement(self) -> str | None:
+        """The summed layer-wise loss before and after refinement, where the refiner
+        computed it (methods.md §9); ``None`` otherwise."""
+        losses = [(t.loss_before, t.loss_after) for t in self.tensors if t.loss_before is not None]
+        if not losses:
+            return None
+        before = sum(b for b, _ in losses)
+        after = sum(a or 0.0 for _, a in losses)
+        if before == 0:
+            # SparseGPT's updated weights are exact zeros where it pruned: δ = 0.
+            return "0 before refinement on every tensor: nothing to refine (the mask was kept)"
+        return f"{before:.4g} -> {after:.4g} ({(after / before - 1) * 100:+.1f}%)"
+
     def summary(self) -> str:
         """A small table of the totals (and perplexity when evaluated)."""
         numel = sum(int(np.prod(t.shape)) for t in self.tensors)
@@ -105,6 +118,9 @@ class Report:
         memory = self.memory_breakdown()
         if memory is not None:
             rows.append(("memory", memory))
+        refined = self.refinement()
+        if refined is not None:
+            rows.append(("layer-wise loss", refined))
         rows.append(("output", str(self.output)))
         if self.compression:
             c = self.compression

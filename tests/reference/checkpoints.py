@@ -46,7 +46,6 @@ def tiny_llama(path: Path, seed: int = 0) -> Path:
     (the largest)."""
     import torch
     import transformers
-    from safetensors.torch import save_file
 
     config = transformers.LlamaConfig(
         vocab_size=128,
@@ -77,14 +76,7 @@ def tiny_llama(path: Path, seed: int = 0) -> Path:
         return 1 if ".layers.1." in name else 2
 
     path.mkdir(parents=True, exist_ok=True)
-    weight_map = {}
-    for i, file in enumerate(SHARDS):
-        part = {k: v for k, v in tensors.items() if shard_of(k) == i}
-        save_file(part, path / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, file))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    write_sharded(path, tensors, SHARDS, shard_of)
     config.save_pretrained(path)
     (path / "tokenizer_config.json").write_text('{"model_max_length": 64}\n')
     (path / "chat_template.jinja").write_text("{{ messages }}\n")
@@ -117,7 +109,6 @@ def reshard(src: Path, dst: Path, shards: int) -> Path:
     evenly, the rest in the first), with its index and other files (not symprune's
     manifest, which names the one file), as transformers' sharded saves lay it out."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     with safe_open(src / "model.safetensors", framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -130,16 +121,24 @@ def reshard(src: Path, dst: Path, shards: int) -> Path:
 
     dst.mkdir(parents=True)
     files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
-    weight_map = {}
-    for i, file in enumerate(files):
-        part = {k: v for k, v in tensors.items() if shard_of(k) == i}
-        save_file(part, dst / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, file))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    write_sharded(dst, tensors, files, shard_of)
     for other in src.iterdir():
         copied = other.suffix != ".safetensors" and other.name != "sparsity.json"
         if other.is_file() and copied and not other.name.startswith("."):
             (dst / other.name).write_bytes(other.read_bytes())
     return dst
+
+
+def write_sharded(path: Path, tensors: dict, files: list[str], shard_of) -> None:
+    """``tensors`` saved into ``files`` (tensor ``k`` into ``files[shard_of(k)]``) with
+    the index, as transformers' sharded saves write them."""
+    from safetensors.torch import save_file
+
+    weight_map = {}
+    for i, file in enumerate(files):
+        part = {k: v for k, v in tensors.items() if shard_of(k) == i}
+        save_file(part, path / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

@@ -141,6 +141,18 @@ struct Entry {
     len: usize,
 }
 
+impl Entry {
+    /// The input tensor `t` as it is.
+    fn dense(t: &TensorInfo) -> Entry {
+        Entry {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            len: t.nbytes(),
+        }
+    }
+}
+
 /// A safetensors header as the safetensors crate writes it: compact JSON,
 /// `__metadata__` first, the entries in file order, padded with spaces to a
 /// multiple of 8 bytes (at least `min_len`). Returns the 8-byte length and
@@ -221,6 +233,12 @@ impl ShardDone {
             Ok(header_digest(&head) == self.header)
         };
         read().unwrap_or(false)
+    }
+
+    /// Records the shard's tensors, in file order.
+    fn hold(&mut self, entries: Vec<Entry>) {
+        self.bytes_out = entries.iter().map(|e| e.len as u64).sum();
+        self.names = entries.into_iter().map(|e| e.name).collect();
     }
 
     /// Exact zeros over the floating-point elements (`global_sparsity`).
@@ -853,12 +871,7 @@ fn header_bound(shard: &Shard, format: SaveFormat, selection: &Selection) -> usi
     let mut entries = Vec::new();
     let mut total = 0usize;
     for t in &shard.header.tensors {
-        let dense = Entry {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-            len: t.nbytes(),
-        };
+        let dense = Entry::dense(t);
         if selection.selects(t) {
             let module = t.name.strip_suffix(".weight").unwrap_or(&t.name);
             let (rows, cols) = (t.shape[0], t.shape[1]);
@@ -942,11 +955,10 @@ pub fn compress_checkpoint(
             }
             continue;
         }
-        let done = compress_shard(&out, shard, format, selection, &mut |entry| {
+        let (file, header, done) = compress_shard(&out, shard, format, selection, &mut |entry| {
             progress(Progress::Tensor(entry))
         })?
         .ok_or_else(stopped)?;
-        let (file, header, done) = done;
         file.finish(&mut out, &shard.file, &header, done)?;
     }
     let totals = totals(out.shards(&checkpoint));
@@ -1037,18 +1049,12 @@ fn compress_shard(
                 }
                 let (z, n) = file.copy(shard, t)?;
                 (done.zeros, done.numel) = (done.zeros + z, done.numel + n);
-                entries.push(Entry {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    len: t.nbytes(),
-                });
+                entries.push(Entry::dense(t));
             }
         }
     }
     let header = render_header(&shard.header.metadata, &entries, reserved - 8);
-    done.bytes_out = entries.iter().map(|e| e.len as u64).sum();
-    done.names = entries.into_iter().map(|e| e.name).collect();
+    done.hold(entries);
     Ok(Some((file, header, done)))
 }
 
@@ -1458,12 +1464,7 @@ fn decompress_shard(
                 order.push(Item::Weight(c));
             }
             None => {
-                entries.push(Entry {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    len: t.nbytes(),
-                });
+                entries.push(Entry::dense(t));
                 order.push(Item::Kept(t));
             }
         }
@@ -1503,8 +1504,7 @@ fn decompress_shard(
             }
         }
     }
-    done.bytes_out = entries.iter().map(|e| e.len as u64).sum();
-    done.names = entries.into_iter().map(|e| e.name).collect();
+    done.hold(entries);
     Ok((file, header, done))
 }
 
@@ -1657,16 +1657,7 @@ mod tests {
         let bytes = shard_bytes(&tensors);
         let path = Path::new("x.safetensors");
         let header = super::super::reader::parse_header(&bytes, path).unwrap();
-        let entries: Vec<Entry> = header
-            .tensors
-            .iter()
-            .map(|t| Entry {
-                name: t.name.clone(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                len: t.nbytes(),
-            })
-            .collect();
+        let entries: Vec<Entry> = header.tensors.iter().map(Entry::dense).collect();
         let rendered = render_header(&header.metadata, &entries, 0);
         assert_eq!(rendered, bytes[..header.data_start]);
         // Padded to a reserved length, it still parses.
